@@ -1,0 +1,25 @@
+"""Learners: one Policy (model + tokenizer) and SFT, DPO, PPO, GRPO, GRAO behind one Agent interface."""
+
+from algos import losses
+from algos.agent import (
+    Agent,
+    AgentConfig,
+    ConfigError,
+    get_algorithm,
+    list_algorithms,
+    make,
+    register,
+)
+from algos.dpo import DPO, DPOConfig
+from algos.grao import GRAO, GRAOConfig
+from algos.grpo import GRPO, GRPOConfig
+from algos.policy import Policy, Samples
+from algos.ppo import PPO, PPOConfig
+from algos.rollout import Rollout, collect
+from algos.sft import SFT, SFTConfig
+
+__all__ = [
+    "DPO", "GRAO", "GRPO", "PPO", "SFT", "Agent", "AgentConfig", "ConfigError", "DPOConfig", "GRAOConfig",
+    "GRPOConfig", "PPOConfig", "Policy", "Rollout", "SFTConfig", "Samples", "collect", "get_algorithm",
+    "list_algorithms", "losses", "make", "register",
+]

@@ -1,0 +1,60 @@
+"""Shared rollout for the online algorithms: G samples per prompt, one reward call, padded tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from algos.policy import Policy, Samples
+from textenv import Example
+
+
+@dataclass
+class Rollout:
+    """A batch of B prompts with G sampled completions each (sample ``b*G + i`` is ``o_i`` of prompt ``b``)."""
+
+    examples: list[Example]  # [B]
+    samples: Samples  # M = B*G rows
+    rewards: torch.Tensor  # [B, G]
+    reference_rewards: torch.Tensor | None  # [B], R(y)
+    stats: dict[str, float]
+
+    @property
+    def group_size(self) -> int:
+        return self.rewards.shape[1]
+
+
+def collect(policy: Policy, env: object, examples: list[Example], group_size: int, *,
+            temperature: float, top_p: float, max_new_tokens: int, seed: int,
+            reference_rewards: bool = False) -> Rollout:
+    """Sample ``group_size`` completions per example and score them all with one reward call."""
+    samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
+                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+    repeated = [ex for ex in examples for _ in range(group_size)]
+    total, components = env.score(repeated, samples.texts)
+    rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)
+    ref = None
+    if reference_rewards:
+        ref = torch.as_tensor(env.reference_rewards(examples), dtype=torch.float32, device=policy.device)
+    return Rollout(examples, samples, rewards, ref, rollout_stats(rewards, samples, components))
+
+
+def rollout_stats(rewards: torch.Tensor, samples: Samples,
+                  components: dict[str, np.ndarray]) -> dict[str, float]:
+    """What an RL practitioner watches: reward spread, dead groups, lengths, length-cap hits."""
+    lengths = samples.lengths.float()
+    stats = {
+        "reward/mean": rewards.mean().item(),
+        "reward/std": rewards.std(unbiased=False).item(),
+        "reward/group_std": rewards.std(dim=1, unbiased=False).mean().item(),
+        # Groups whose rewards are all equal have zero group-relative advantage: no signal.
+        "reward/frac_equal_groups": (rewards.max(1).values == rewards.min(1).values).float().mean().item(),
+        "completions/mean_length": lengths.mean().item(),
+        "completions/clipped_ratio": samples.truncated.float().mean().item(),
+        "tokens/generated": lengths.sum().item(),
+    }
+    if len(components) > 1:
+        stats.update({f"reward/{k}": float(np.mean(v)) for k, v in components.items()})
+    return stats
