@@ -201,13 +201,16 @@ class Agent:
                     "max_new_tokens": self.config.max_new_tokens, **generation}
         return self.policy.generate(list(prompts), **settings).texts
 
-    def evaluate(self, env: Any, *, split: str = "eval", num_prompts: int | None = None,
-                 seed: int = 0, greedy: bool = False,
-                 base_completions: Sequence[str] | None = None) -> dict[str, float]:
-        """Score one completion per prompt of ``split`` (the first ``num_prompts``), same seed every call."""
+    def evaluate(self, env: Any, *, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
+                 base_completions: Sequence[str] | None = None, **generation: Any) -> dict[str, float]:
+        """Score one completion per prompt of ``split`` (the first ``num_prompts``), same seed every call.
+
+        ``base_completions`` (the base model's, on the same prompts) add NAG; ``generation`` overrides
+        the sampling settings (e.g. ``greedy=True``).
+        """
         task_env = env.unwrapped
         examples = task_env.task.split(split)[:num_prompts]
-        completions = self.act([ex.prompt for ex in examples], seed=seed, greedy=greedy)
+        completions = self.act([ex.prompt for ex in examples], seed=seed, **generation)
         return textenv.evaluate_completions(task_env, examples, completions, base_completions)
 
     @torch.no_grad()
@@ -224,12 +227,14 @@ class Agent:
         return total / tokens
 
     def learn(self, env: Any, total_steps: int, *, eval_env: Any = None, eval_every: int = 0,
-              eval_prompts: int | None = None, log_dir: str | Path | None = None,
+              eval_kwargs: dict[str, Any] | None = None, log_dir: str | Path | None = None,
               callback: Callable[[Agent, dict[str, float]], bool | None] | None = None,
               checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
               resume_from: str | Path | None = None, progress: bool = True) -> list[dict[str, float]]:
         """Train until ``self.step == total_steps``; returns the history (one record per step).
 
+        Every ``eval_every`` steps (and at the end) ``evaluate(eval_env, **eval_kwargs)`` adds
+        ``eval/*`` entries to the step's record.
         ``callback(agent, record)`` returning False stops early. With ``checkpoint_every`` a
         checkpoint is written to ``checkpoint_dir/step-N``; ``resume_from`` continues from one.
         """
@@ -261,7 +266,7 @@ class Agent:
                     record["tokens/per_s"] = stats["tokens/trained"] / max(elapsed, 1e-9)
                 if eval_env is not None and eval_every and (
                         self.step % eval_every == 0 or self.step == total_steps):
-                    evaluation = self.evaluate(eval_env, num_prompts=eval_prompts)
+                    evaluation = self.evaluate(eval_env, **(eval_kwargs or {}))
                     record.update({f"eval/{k}": v for k, v in evaluation.items()})
                 self.history.append(record)
                 if writer is not None:

@@ -1,0 +1,396 @@
+"""Loss functions for SFT, DPO, PPO, GRPO and GRAO as short pure functions.
+
+Conventions shared by every function here:
+- Per-token tensors are ``[N, T]`` with a ``mask`` of the same shape (1 = completion token, 0 = padding).
+  Padded positions may hold garbage (huge values, inf, NaN): every function first replaces them with 0
+  through ``torch.where``, so they change neither the values nor the gradients (``x * mask`` would turn
+  ``inf * 0`` into NaN, and a ``where`` applied only at the end still lets NaN leak into the backward pass).
+- Losses return ``(loss, stats)``: a scalar tensor to backpropagate and a ``dict[str, float]`` to log.
+- Advantages and rewards are treated as constants (detached): no gradient ever reaches a reward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo")
+GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+GROUP_SCALES = ("group", "batch", "none")
+GRAO_GROUPS = ("samples+reference", "samples")
+KL_KINDS = ("k1", "k3", "abs", "mse")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _clean(x: Tensor, mask: Tensor) -> Tensor:
+    """Zero the padded positions so that garbage there cannot reach values or gradients."""
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+# --------------------------------------------------------------------------------------------------
+# masked reductions
+# --------------------------------------------------------------------------------------------------
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    x = _clean(x, mask)
+    return x.sum() if dim is None else x.sum(dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    """Mean over the unmasked entries; an all-padding slice gives 0 rather than NaN."""
+    count = mask.to(x.dtype).sum() if dim is None else mask.to(x.dtype).sum(dim)
+    return masked_sum(x, mask, dim) / count.clamp(min=1.0)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Normalise to zero mean / unit variance over the unmasked entries (TRL: unbiased variance, 1e-8).
+
+    ``shift_mean=False`` keeps the original mean (only rescales). Padded positions come out as 0.
+    """
+    mean = masked_mean(x, mask)
+    centered = _clean(x - mean, mask)
+    count = mask.to(x.dtype).sum()
+    var = (centered**2).sum() / (count - 1).clamp(min=1.0)
+    out = centered * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return _clean(out, mask)
+
+
+def sequence_logprob(token_logps: Tensor, mask: Tensor, normalize: bool = True) -> Tensor:
+    """Per-sequence log-likelihood ``[N]``: length-normalised mean (GRAO's ℓ) or, unnormalised, the sum.
+
+    An empty completion (all padding) gives 0, not NaN.
+    """
+    return masked_mean(token_logps, mask, dim=-1) if normalize else masked_sum(token_logps, mask, dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# SFT
+# --------------------------------------------------------------------------------------------------
+
+
+def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """Mean NLL over all completion tokens of the batch (TRL convention: long answers weigh more)."""
+    loss = -masked_mean(token_logps, mask)
+    return loss, {"nll": loss.item(), "tokens": float(mask.sum().item())}
+
+
+# --------------------------------------------------------------------------------------------------
+# DPO
+# --------------------------------------------------------------------------------------------------
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float = 0.1,
+    loss_type: str = "sigmoid",
+    label_smoothing: float = 0.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """DPO on per-sequence log-probs ``[N]``, with TRL's formulas and stat names.
+
+    h = (π_c − π_r) − (ref_c − ref_r).
+    sigmoid: −(1−ε)·logσ(βh) − ε·logσ(−βh)   (conservative DPO when ε > 0)
+    ipo:     (h − 1/(2β))²                     (label_smoothing is ignored)
+    The log-probs are taken as given. TRL sums token log-probs for "sigmoid" but *averages* them for
+    "ipo"; to match it, pass ``sequence_logprob(..., normalize=False)`` for sigmoid and
+    ``sequence_logprob(..., normalize=True)`` for ipo.
+    """
+    _check_choice("loss_type", loss_type, DPO_LOSS_TYPES)
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    else:
+        losses = (h - 1 / (2 * beta)) ** 2
+    loss = losses.mean()
+    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
+    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
+    stats = {
+        "loss": loss.item(),
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+        "logps/chosen": policy_chosen.detach().mean().item(),
+        "logps/rejected": policy_rejected.detach().mean().item(),
+    }
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# GRPO
+# --------------------------------------------------------------------------------------------------
+
+
+def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4) -> Tensor:
+    """GRPO advantages ``[B, G]``: reward minus group mean, divided by a std (as TRL's GRPOTrainer).
+
+    The std is torch's default *unbiased* one, as in TRL: per group ("group"), over the whole batch
+    ("batch"), or no division ("none"). A group whose rewards are all equal gets exact zeros, and a
+    std that cannot be estimated (G = 1, or a batch of one reward) counts as 0, so no NaN appears.
+    """
+    _check_choice("scale", scale, GROUP_SCALES)
+    rewards = rewards.detach()
+    B, G = rewards.shape
+    centered = rewards - rewards.mean(dim=1, keepdim=True)
+    all_equal = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)
+    centered = torch.where(all_equal, torch.zeros_like(centered), centered)
+    if scale == "none":
+        return centered
+    if scale == "group":
+        std = rewards.std(dim=1, keepdim=True) if G > 1 else torch.zeros_like(rewards[:, :1])
+    else:
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
+    return centered / (std + eps)
+
+
+def grpo_loss(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    ref_logps: Tensor | None = None,
+    beta: float = 0.0,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate per token, plus β·k3 KL to a reference policy, reduced as TRL names it.
+
+    per token: −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·(exp(ref−logp) − (ref−logp) − 1)
+    grpo:    mean over each sequence's tokens, then mean over sequences
+    dr_grpo: sum over all tokens / (N · max_completion_length)   (default: T, the padded width)
+    dapo:    sum over all tokens / number of completion tokens in the batch
+    ``advantages`` is ``[N]`` (one per sequence, broadcast over its tokens) and is detached.
+    """
+    _check_choice("loss_type", loss_type, GRPO_LOSS_TYPES)
+    eps_low = clip_eps
+    eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    logps, old_logps = _clean(logps, mask), _clean(old_logps, mask).detach()
+    adv = advantages.detach().reshape(-1, 1).to(logps.dtype)
+
+    ratio = torch.exp(logps - old_logps)
+    clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(ratio * adv, clipped * adv)
+    per_token_kl = None
+    if ref_logps is not None:
+        diff = _clean(ref_logps, mask).detach() - logps
+        per_token_kl = torch.exp(diff) - diff - 1
+        if beta != 0.0:
+            per_token = per_token + beta * per_token_kl
+
+    def reduce(x: Tensor) -> Tensor:
+        if loss_type == "grpo":
+            return masked_mean(x, mask, dim=-1).mean()
+        if loss_type == "dr_grpo":
+            length = max_completion_length if max_completion_length is not None else mask.shape[-1]
+            return masked_sum(x, mask) / (mask.shape[0] * length)
+        return masked_sum(x, mask) / mask.sum().clamp(min=1)
+
+    loss = reduce(per_token)
+    with torch.no_grad():
+        low = (ratio < 1 - eps_low) & (adv < 0)
+        high = (ratio > 1 + eps_high) & (adv > 0)
+        stats = {
+            "loss": loss.item(),
+            "policy_loss": reduce(-torch.min(ratio * adv, clipped * adv)).item(),
+            "clip_ratio": masked_mean((low | high).to(logps.dtype), mask).item(),
+            "clip_ratio/low": masked_mean(low.to(logps.dtype), mask).item(),
+            "clip_ratio/high": masked_mean(high.to(logps.dtype), mask).item(),
+            "ratio": masked_mean(ratio, mask).item(),
+        }
+        if per_token_kl is not None:
+            stats["kl"] = masked_mean(per_token_kl, mask).item()
+    return loss, stats
+
+
+# --------------------------------------------------------------------------------------------------
+# PPO
+# --------------------------------------------------------------------------------------------------
+
+
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over right-padded token sequences ``[B, T]``.
+
+    The value after the last real token is 0 (the episode ends there); padded positions get 0 advantage
+    and 0 return. Both outputs are detached: they are regression / policy-gradient targets.
+    """
+    rewards, values = _clean(rewards, mask).detach(), _clean(values, mask).detach()
+    T = rewards.shape[-1]
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * last
+        advantages[:, t] = last
+    advantages = _clean(advantages, mask)
+    return advantages, _clean(advantages + values, mask)
+
+
+def ppo_policy_loss(
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+) -> tuple[Tensor, dict[str, float]]:
+    """PPO clipped surrogate, per-token advantages ``[B, T]``, masked mean over all tokens (TRL/CleanRL)."""
+    logps, old_logps = _clean(logps, mask), _clean(old_logps, mask).detach()
+    adv = _clean(advantages, mask).detach()
+    log_ratio = logps - old_logps
+    ratio = torch.exp(log_ratio)
+    losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
+    loss = masked_mean(losses, mask)
+    with torch.no_grad():
+        stats = {
+            "policy_loss": loss.item(),
+            "clipfrac": masked_mean(((ratio - 1).abs() > clip_eps).to(logps.dtype), mask).item(),
+            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask).item(),  # k3, as CleanRL
+            "ratio": masked_mean(ratio, mask).item(),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float = 0.2
+) -> tuple[Tensor, dict[str, float]]:
+    """Clipped value loss 0.5·max((V−R)², (V_clip−R)²), masked mean (TRL/CleanRL)."""
+    values = _clean(values, mask)
+    old_values, returns = _clean(old_values, mask).detach(), _clean(returns, mask).detach()
+    v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
+    sq, sq_clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(sq, sq_clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "value_loss": loss.item(),
+            "value_clipfrac": masked_mean((sq_clipped > sq).to(values.dtype), mask).item(),
+        }
+    return loss, stats
+
+
+def kl_penalty(logps: Tensor, ref_logps: Tensor, kind: str = "k1") -> Tensor:
+    """Per-token KL(π‖π_ref) estimate from sampled tokens; mask it yourself.
+
+    k1 = logp − ref (unbiased, can be negative); k3 = exp(ref−logp) − (ref−logp) − 1 (unbiased, ≥ 0);
+    abs = |logp − ref|; mse = ½(logp − ref)².
+    """
+    _check_choice("kind", kind, KL_KINDS)
+    d = logps - ref_logps
+    if kind == "k1":
+        return d
+    if kind == "k3":
+        return torch.exp(-d) + d - 1
+    if kind == "abs":
+        return d.abs()
+    return 0.5 * d**2
+
+
+# --------------------------------------------------------------------------------------------------
+# GRAO (see GRAO.md)
+# --------------------------------------------------------------------------------------------------
+
+
+def grao_advantages(
+    sample_rewards: Tensor, ref_rewards: Tensor, group: str = "samples+reference", eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    """GRAO advantages (Â_i ``[B, G]``, Â_y ``[B]``): (R − μ) / (σ + ε), μ and σ the *population* stats.
+
+    By default μ, σ are taken over the G samples plus the reference answer y (G + 1 rewards); with
+    ``group="samples"`` over the G samples only, and y is still scored against them. A group whose
+    rewards are all equal (the G + 1, resp. the G samples) gets all-zero advantages, Â_y included: with
+    "samples" and σ = 0, Â_y = (R(y) − μ)/ε would otherwise be about 10⁶ times the reward gap.
+    """
+    _check_choice("group", group, GRAO_GROUPS)
+    sample_rewards, ref_rewards = sample_rewards.detach(), ref_rewards.detach().to(sample_rewards.dtype)
+    if ref_rewards.shape != sample_rewards.shape[:1]:
+        raise ValueError(f"ref_rewards must have shape {list(sample_rewards.shape[:1])}, got {list(ref_rewards.shape)}")
+    with_ref = torch.cat([sample_rewards, ref_rewards[:, None]], dim=1)
+    stat_group = sample_rewards if group == "samples" else with_ref
+    mu = stat_group.mean(dim=1)
+    sigma = stat_group.std(dim=1, unbiased=False)
+    equal = (stat_group == stat_group[:, :1]).all(dim=1)
+    a_samples = (sample_rewards - mu[:, None]) / (sigma[:, None] + eps)
+    a_ref = (ref_rewards - mu) / (sigma + eps)
+    a_samples = torch.where(equal[:, None], torch.zeros_like(a_samples), a_samples)
+    a_ref = torch.where(equal, torch.zeros_like(a_ref), a_ref)
+    return a_samples, a_ref
+
+
+def grao_loss(
+    sample_logliks: Tensor,
+    ref_logliks: Tensor,
+    sample_rewards: Tensor,
+    ref_rewards: Tensor,
+    beta: float = 0.5,
+    lam: float = 0.6,
+    group: str = "samples+reference",
+    eps: float = 1e-6,
+    imitation: bool = True,
+    exploration: bool = True,
+    regularizer: bool = True,
+) -> tuple[Tensor, dict[str, float]]:
+    """GRAO loss = −(1/(B·G)) Σ_b Σ_i (Â_i ℓ(o_i) + β Â_y ℓ(y) + λ Â_i (ℓ(o_i) − ℓ(y))).
+
+    ``sample_logliks`` ``[B, G]`` and ``ref_logliks`` ``[B]`` are length-normalised log-likelihoods ℓ
+    (``sequence_logprob``) of the G samples and of the reference answer y. The three terms are
+    exploration (Â_i ℓ(o_i)), imitation (β Â_y ℓ(y)) and the alignment regulariser; each switch drops
+    one term (the paper's ablations). No ratio, no clipping, no KL.
+
+    With ``group="samples"``, Σ_i Â_i = 0, so the regulariser's ℓ(y) part cancels and it only rescales
+    exploration by (1 + λ); keeping y in the group (the default) is what makes it reference-aware.
+    Stats give each term as it enters the objective (loss = −sum) and its share |term| / Σ|terms|.
+    """
+    B, G = sample_logliks.shape
+    for name, t, shape in (
+        ("ref_logliks", ref_logliks, (B,)),
+        ("sample_rewards", sample_rewards, (B, G)),
+        ("ref_rewards", ref_rewards, (B,)),
+    ):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
+    a_samples, a_ref = grao_advantages(sample_rewards, ref_rewards, group=group, eps=eps)
+    a_samples, a_ref = a_samples.to(sample_logliks.dtype), a_ref.to(sample_logliks.dtype)
+
+    # Each term averaged as in the loss, 1/(B·G) Σ_b Σ_i; the imitation term does not depend on i.
+    terms = {
+        "exploration": (a_samples * sample_logliks).mean(),
+        "imitation": beta * (a_ref * ref_logliks).mean(),
+        "regularizer": lam * (a_samples * (sample_logliks - ref_logliks[:, None])).mean(),
+    }
+    enabled = {"exploration": exploration, "imitation": imitation, "regularizer": regularizer}
+    objective = sum((terms[k] for k in terms if enabled[k]), start=sample_logliks.new_zeros(()))
+    loss = -objective
+
+    with torch.no_grad():
+        values = {k: terms[k].item() if enabled[k] else 0.0 for k in terms}
+        total = sum(abs(v) for v in values.values())
+        stats = {"loss": loss.item()}
+        for k, v in values.items():
+            stats[f"grao/{k}"] = v
+            stats[f"grao/{k}_share"] = abs(v) / total if total > 0 else 0.0
+        samples_equal = (sample_rewards == sample_rewards[:, :1]).all(dim=1)
+        group_equal = samples_equal
+        if group != "samples":
+            group_equal = group_equal & (ref_rewards == sample_rewards[:, 0])
+        stats.update(
+            {
+                "grao/adv_samples_mean": a_samples.mean().item(),
+                "grao/adv_ref_mean": a_ref.mean().item(),
+                "grao/adv_samples_abs_mean": a_samples.abs().mean().item(),
+                "grao/frac_equal_groups": group_equal.float().mean().item(),
+                "grao/frac_equal_samples": samples_equal.float().mean().item(),
+                "grao/reward_mean": sample_rewards.float().mean().item(),
+                "grao/ref_reward_mean": ref_rewards.float().mean().item(),
+            }
+        )
+    return loss, stats

@@ -1,0 +1,238 @@
+"""Benchmark configs: TOML files parsed (never evaluated) and checked key by key.
+
+Every error names the file and the offending key. A config looks like::
+
+    title = "Quick benchmark"
+    seeds = [0, 1, 2]
+    target = "grao"                   # whose relative improvement the report leads with
+
+    [base]
+    model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
+
+    [budget]                          # identical for every algorithm
+    steps = 30                        # optimiser steps (training iterations) per run
+    prompts_per_step = 8
+    group_size = 8                    # G samples per prompt for the online algorithms
+    max_new_tokens = 16
+
+    [eval]
+    prompts = 64
+    temperature = 0.7
+    seed = 1234
+    every = 10                        # learning-curve points
+
+    [tasks."textenv/Arithmetic-v0"]   # per-task overrides of budget keys, and task kwargs
+    max_new_tokens = 6
+
+    [algorithms.grao]                 # hyperparameters of algos.make("grao", ...)
+    lr = 1e-4
+    [algorithms.grao_no_imitation]
+    algorithm = "grao"                # entry name != algorithm name
+    imitation = false
+    [algorithms.sft_grpo]
+    algorithm = "grpo"
+    sft_steps = 20                    # SFT-then-RL: SFT first, then the budget's steps of GRPO
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import algos
+import textenv
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class BenchConfigError(ValueError):
+    """A benchmark config is malformed; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    steps: int = 30
+    prompts_per_step: int = 8
+    group_size: int = 8
+    max_new_tokens: int = 16
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    prompts: int = 64
+    temperature: float = 0.7
+    top_p: float = 1.0
+    seed: int = 1234
+    every: int = 10
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    id: str
+    budget: Budget
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlgoSpec:
+    name: str  # entry name in the config (e.g. "grao_no_imitation")
+    algorithm: str  # registered algorithm (e.g. "grao")
+    hyperparameters: dict[str, Any]
+    sft_steps: int = 0
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    title: str
+    path: str
+    seeds: list[int]
+    base_model: str
+    base_options: dict[str, Any]
+    budget: Budget
+    eval: EvalSpec
+    tasks: list[TaskSpec]
+    algorithms: list[AlgoSpec]
+    target: str | None
+    paper_protocol: bool
+    raw: dict[str, Any]
+
+
+_TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms"}
+_BASE = {"model", "dtype", "device", "trust_remote_code", "recipe"}
+_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _fail(where: str, message: str) -> BenchConfigError:
+    return BenchConfigError(f"{where}: {message}")
+
+
+def _check_keys(table: Any, allowed: set[str], where: str, section: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise _fail(where, f"[{section}] must be a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise _fail(where, f"unknown key {unknown[0]!r} in [{section}]; valid keys: {', '.join(sorted(allowed))}")
+    return table
+
+
+def _typed(value: Any, kind: type, where: str, key: str, minimum: float | None = None) -> Any:
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        raise _fail(where, f"{key} must be {_TYPES[kind]}, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise _fail(where, f"{key} must be >= {minimum}, got {value}")
+    return value
+
+
+def _dataclass_from(cls: type, table: dict[str, Any], where: str, section: str, defaults: Any = None) -> Any:
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _check_keys(table, set(fields), where, section)
+    values = dataclasses.asdict(defaults) if defaults is not None else {}
+    for key, value in table.items():
+        kind = {"int": int, "float": float}[fields[key].type]
+        minimum = 0 if kind is float or key in {"seed", "every"} else 1
+        values[key] = _typed(value, kind, where, f"[{section}] {key}", minimum=minimum)
+    return cls(**values)
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A shipped config name ("quick", "paper", "ablation", "hh") or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml" and not path.exists():
+        shipped = CONFIG_DIR / f"{name_or_path}.toml"
+        if shipped.exists():
+            return shipped
+        names = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.toml")))
+        raise BenchConfigError(f"no config file {str(name_or_path)!r} and no shipped config of that name "
+                               f"(shipped: {names})")
+    if not path.exists():
+        raise BenchConfigError(f"config file not found: {path}")
+    return path
+
+
+def load(name_or_path: str | Path) -> BenchConfig:
+    path = resolve_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise BenchConfigError(f"{path}: not valid TOML: {err}") from err
+    return parse(raw, where=str(path))
+
+
+def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
+    _check_keys(raw, _TOP, where, "top level")
+    title = _typed(raw.get("title", Path(where).stem), str, where, "title")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise _fail(where, f"seeds must be a non-empty list of integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(where, f"seeds has duplicates: {seeds}")
+
+    base = _check_keys(raw.get("base", {}), _BASE, where, "base")
+    base_model = _typed(base.get("model", "tiny"), str, where, "[base] model")
+    base_options = {k: v for k, v in base.items() if k != "model"}
+    if "trust_remote_code" in base_options:
+        _typed(base_options["trust_remote_code"], bool, where, "[base] trust_remote_code")
+    if "recipe" in base_options:
+        _check_keys(base_options["recipe"], set(base_options["recipe"]), where, "base.recipe")
+
+    budget = _dataclass_from(Budget, raw.get("budget", {}), where, "budget")
+    evaluation = _dataclass_from(EvalSpec, raw.get("eval", {}), where, "eval")
+
+    tasks_table = raw.get("tasks")
+    if not isinstance(tasks_table, dict) or not tasks_table:
+        raise _fail(where, "[tasks] must name at least one task, e.g. [tasks.\"textenv/Arithmetic-v0\"]")
+    known = textenv.list_envs()
+    tasks = []
+    for task_id, table in tasks_table.items():
+        section = f'tasks."{task_id}"'
+        if task_id not in known:
+            import difflib
+
+            close = difflib.get_close_matches(task_id, known, n=3, cutoff=0.4)
+            raise _fail(where, f"unknown task {task_id!r} in [{section}]"
+                        + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"))
+        table = dict(_check_keys(table, {*Budget.__dataclass_fields__, "kwargs"}, where, section))
+        kwargs = table.pop("kwargs", {})
+        if not isinstance(kwargs, dict):
+            raise _fail(where, f"[{section}] kwargs must be a table")
+        tasks.append(TaskSpec(task_id, _dataclass_from(Budget, table, where, section, defaults=budget), kwargs))
+
+    algo_table = raw.get("algorithms")
+    if not isinstance(algo_table, dict) or not algo_table:
+        raise _fail(where, "[algorithms] must name at least one algorithm, e.g. [algorithms.grao]")
+    specs = []
+    for name, table in algo_table.items():
+        section = f"algorithms.{name}"
+        if not isinstance(table, dict):
+            raise _fail(where, f"[{section}] must be a table")
+        table = dict(table)
+        algorithm = _typed(table.pop("algorithm", name), str, where, f"[{section}] algorithm")
+        sft_steps = _typed(table.pop("sft_steps", 0), int, where, f"[{section}] sft_steps", minimum=0)
+        if algorithm not in algos.list_algorithms():
+            raise _fail(where, f"unknown algorithm {algorithm!r} in [{section}]; "
+                        f"known: {', '.join(algos.list_algorithms())} (set algorithm = \"...\" for a named variant)")
+        config_class = algos.get_algorithm(algorithm).config_class
+        reserved = {"seed", "batch_size", "group_size", "max_new_tokens"} & set(table)
+        if reserved:
+            raise _fail(where, f"[{section}] sets {sorted(reserved)[0]!r}, which the benchmark controls "
+                        "([budget] and seeds) so that every algorithm gets the same budget")
+        try:
+            config_class.from_dict(table, where=f"{where} [{section}]")
+        except algos.ConfigError as err:
+            raise BenchConfigError(str(err)) from err
+        specs.append(AlgoSpec(name, algorithm, table, sft_steps))
+
+    target = raw.get("target", "grao" if "grao" in algo_table else None)
+    if target is not None and target not in algo_table:
+        raise _fail(where, f"target {target!r} is not one of the [algorithms] entries: {', '.join(algo_table)}")
+    paper = _typed(raw.get("paper_protocol", False), bool, where, "paper_protocol")
+    return BenchConfig(title, where, seeds, base_model, base_options, budget, evaluation, tasks, specs,
+                       target, paper, raw)

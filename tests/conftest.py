@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny randomly initialised models (milliseconds to build, no download)."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from algos import Policy
+from rewards.tiny import byte_tokenizer
+
+torch.set_num_threads(2)
+
+
+def random_policy(arch: str = "llama", seed: int = 0) -> Policy:
+    torch.manual_seed(seed)
+    tok = byte_tokenizer()
+    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                             max_position_embeddings=128, **ids))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
+                                           n_positions=128, **ids))
+    return Policy(model, tok)
+
+
+@pytest.fixture(params=["llama", "gpt2"])
+def policy(request) -> Policy:
+    return random_policy(request.param)
