@@ -62,8 +62,11 @@ def _unknown(name: str) -> RewardError:
     return RewardError(f"unknown reward {name!r}{hint} Known rewards: {', '.join(list_rewards())}")
 
 
-def get(name: str, **kwargs: Any) -> ValidatedReward:
-    """Build the registered reward ``name`` with ``kwargs``, wrapped in validation."""
+def get(name: str, /, **kwargs: Any) -> ValidatedReward:
+    """Build the registered reward ``name`` with ``kwargs``, wrapped in validation.
+
+    ``name`` is positional-only so a reward may itself take a ``name`` keyword (e.g. a judge's label).
+    """
     if name not in _REGISTRY:
         raise _unknown(name)
     obj = _REGISTRY[name]

@@ -1,0 +1,71 @@
+"""Pairwise judges R(o, y) in {-1, 0, 1}: is the completion o worse than, as good as, or better than y?
+
+GRAO's alignment signal compares a sample with the reference answer, not on an absolute scale. The
+judge is any callable the user brings (an LLM call, a human label lookup, a rule); this wrapper
+fixes the contract and refuses anything outside {-1, 0, 1}, naming the judge and the row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from numbers import Real
+from typing import Any
+
+import numpy as np
+
+from rewards.registry import RewardError, register, resolve
+
+
+def _judge_name(fn: Any) -> str:
+    return getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+@register("pairwise_judge")
+class PairwiseJudge:
+    """Wrap ``judge_fn(prompt, completion, reference) -> -1 | 0 | 1`` as a reward.
+
+    With ``batched=True`` the judge is called once as ``judge_fn(prompts, completions, references)``
+    and returns a sequence (one verdict per row), which suits an LLM judge served in batches.
+    """
+
+    pairwise = True
+
+    def __init__(self, judge_fn: Callable[..., Any], batched: bool = False, name: str | None = None):
+        if not callable(judge_fn):
+            raise RewardError(f"pairwise_judge: judge_fn must be callable, got {type(judge_fn).__name__}")
+        self.judge_fn, self.batched = judge_fn, batched
+        self.name = name or _judge_name(judge_fn)
+
+    def _verdict(self, value: Any, i: int) -> float:
+        ok = isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
+        if not ok or math.isnan(float(value)) or float(value) not in (-1.0, 0.0, 1.0):
+            raise RewardError(f"judge {self.name!r} returned {value!r} at index {i}; expected -1, 0 or 1")
+        return float(value)
+
+    def __call__(self, prompts: Sequence[str], completions: Sequence[str],
+                 references: Sequence[str | None] | None = None, **columns: Any) -> np.ndarray:
+        n = len(completions)
+        if references is None:
+            raise RewardError(f"judge {self.name!r} compares with references, got None for {n} completions")
+        for i, ref in enumerate(references):
+            if ref is None:
+                raise RewardError(f"judge {self.name!r} needs a reference, but reference {i} is None")
+        if self.batched:
+            verdicts = list(self.judge_fn(list(prompts), list(completions), list(references)))
+            if len(verdicts) != n:
+                raise RewardError(f"judge {self.name!r} returned {len(verdicts)} verdicts for {n} completions")
+        else:
+            verdicts = [self.judge_fn(p, c, r) for p, c, r in zip(prompts, completions, references, strict=True)]
+        return np.array([self._verdict(v, i) for i, v in enumerate(verdicts)])
+
+    @classmethod
+    def from_reward(cls, reward: Any, margin: float = 0.0) -> PairwiseJudge:
+        """A judge from an absolute reward: sign(R(o) - R(y)), a tie when within ``margin``."""
+        scorer = resolve(reward)
+
+        def judge(prompts: list[str], completions: list[str], references: list[str]) -> list[int]:
+            diff = scorer(prompts, completions, references) - scorer(prompts, references, references)
+            return [0 if abs(d) <= margin else int(np.sign(d)) for d in diff]
+
+        return cls(judge, batched=True, name=f"sign({scorer.name})")
