@@ -1,0 +1,65 @@
+"""``python -m benchmarks run [CONFIG] [--out DIR]`` and ``python -m benchmarks report DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import config as bench_config
+from benchmarks.report import write_report
+from benchmarks.runner import load_results, run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    sub = parser.add_subparsers(dest="command")
+    run_p = sub.add_parser("run", help="train and evaluate every (task, algorithm, seed) cell, then report")
+    run_p.add_argument("config", nargs="?", default="quick",
+                       help="a TOML file or a shipped config: quick (default), paper, ablation, hh")
+    run_p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<config name>)")
+    run_p.add_argument("--no-progress", action="store_true", help="no per-step progress bars")
+    report_p = sub.add_parser("report", help="rebuild report.md, report.json and plots from a run directory")
+    report_p.add_argument("out", type=Path)
+    sub.add_parser("configs", help="list the shipped configs")
+    args = parser.parse_args(argv)
+
+    if args.command in (None, "run"):
+        name = getattr(args, "config", "quick")
+        try:
+            cfg = bench_config.load(name)
+        except bench_config.BenchConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        out = args.out if getattr(args, "out", None) else Path("runs") / Path(cfg.path).stem
+        print(f"{cfg.title}: {len(cfg.tasks)} task(s) x {len(cfg.algorithms)} algorithm(s) x "
+              f"{len(cfg.seeds)} seed(s) -> {out}", flush=True)
+        start = time.perf_counter()
+        results = run(cfg, out, progress=not getattr(args, "no_progress", False))
+        summary = write_report(results, out, title=cfg.title, paper_protocol=cfg.paper_protocol,
+                               target=cfg.target)
+        print(f"\nfinished in {time.perf_counter() - start:.0f}s; report: {out / 'report.md'}")
+        print(summary.get("markdown_summary", ""))
+        return 0
+    if args.command == "report":
+        cfg_path = args.out / "config.json"
+        title, paper, target = str(args.out), False, "grao"
+        if cfg_path.exists():
+            import json
+
+            raw = json.loads(cfg_path.read_text())
+            parsed = bench_config.parse(raw["config"], where=raw["path"])
+            title, paper, target = parsed.title, parsed.paper_protocol, parsed.target
+        summary = write_report(load_results(args.out), args.out, title=title, paper_protocol=paper, target=target)
+        print(summary.get("markdown_summary", ""))
+        return 0
+    if args.command == "configs":
+        for path in sorted(bench_config.CONFIG_DIR.glob("*.toml")):
+            print(f"{path.stem:10s} {bench_config.load(path).title}")
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,409 @@
+"""Turn a list of result records into ``report.md`` + ``report.json`` (+ PNG plots).
+
+The report has to make the comparison visibly controlled and its numbers checkable: the shared setup,
+mean ± 95% CI over seeds of every metric, relative improvements with the formula spelled out and the
+per-cell numbers shown, and the compute each algorithm used. Missing values print as "—".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import paper
+from benchmarks.stats import (
+    COMPUTE_KEYS,
+    FORMULA,
+    Result,
+    compute_table,
+    compute_totals,
+    ordered,
+    relative_table,
+    summarize,
+    summarize_base,
+    unique_results,
+)
+
+DASH = "—"
+MAIN_METRICS = ("reward", "ras", "tie", "nag")
+REL_METRICS = ("reward", "ras", "nag")  # leaf names; "tie" has no better direction
+# Setup rows -> config keys: dotted paths from the config's root first (the runner's layout:
+# base_model, budget.*, eval.*, hyperparameters.*), then bare names searched breadth-first.
+SETUP_KEYS: dict[str, tuple[str, ...]] = {
+    "base model": ("base_model", "base.model", "model", "model_name"),
+    "optimizer steps": ("budget.steps", "steps", "total_steps", "max_steps"),
+    "prompts per step": ("budget.prompts_per_step", "prompts_per_step", "hyperparameters.batch_size",
+                         "batch_size"),
+    "group size G": ("budget.group_size", "hyperparameters.group_size", "group_size", "num_generations"),
+    "max new tokens": ("budget.max_new_tokens", "max_new_tokens"),
+    "sampling temperature (training)": ("hyperparameters.temperature",),
+    "eval prompts": ("eval.prompts", "eval_prompts", "num_eval_prompts"),
+    "eval temperature": ("eval.temperature",),
+    "eval every (steps)": ("eval.every",),
+}
+PAPER_TASK = "Dialogue-v0"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def find_key(config: Any, names: Sequence[str]) -> Any:
+    """First value under any of ``names``: a dotted name is a path from the root, a bare name is
+    searched in nested dicts breadth-first (shallow keys win)."""
+    for name in names:
+        if "." in name:
+            node = config
+            for part in name.split("."):
+                node = node.get(part) if isinstance(node, Mapping) else None
+            if node is not None and not isinstance(node, Mapping):
+                return node
+    bare = [n for n in names if "." not in n]
+    queue = deque([config])
+    while queue:
+        node = queue.popleft()
+        if not isinstance(node, Mapping):
+            continue
+        for name in bare:
+            if name in node and node[name] is not None and not isinstance(node[name], Mapping):
+                return node[name]
+        queue.extend(v for v in node.values() if isinstance(v, Mapping))
+    return None
+
+
+def targets_of(results: Iterable[Result], default: str = "grao") -> list[str]:
+    """``default`` plus algorithms the configs name as targets: ``target``/``targets`` at the config's
+    top level or in its ``report`` table (names), or ``target = true`` in a cell's own config."""
+    names = [default]
+    for r in results:
+        config = r.get("config") or {}
+        for table in (config, config.get("report") or {}):
+            for key in ("target", "targets"):
+                value = table.get(key) if isinstance(table, Mapping) else None
+                if value is True:
+                    names.append(r["algorithm"])
+                elif isinstance(value, str):
+                    names.append(value)
+                elif isinstance(value, list):
+                    names += [v for v in value if isinstance(v, str)]
+    return ordered(names)
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def fmt_ci(stats: Mapping[str, Any] | None, scale: float = 1.0, digits: int = 3, seeds: int = 0) -> str:
+    """"m ± h" (h: 95% half-width); just "m" with one seed; "—" when missing."""
+    if not stats or not _is_num(stats.get("mean")):
+        return DASH
+    text = f"{stats['mean'] * scale:.{digits}f}"
+    if _is_num(stats.get("ci95")):
+        text += f" ± {stats['ci95'] * scale:.{digits}f}"
+    if seeds and stats.get("n", seeds) < seeds:
+        text += f" (n={stats['n']})"
+    return text
+
+
+def fmt_pct(x: Any, digits: int = 1) -> str:
+    return f"{100 * x:+.{digits}f}%" if _is_num(x) else DASH
+
+
+def fmt_num(x: Any, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}" if _is_num(x) else DASH
+
+
+def md_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
+def metric_groups(metrics: Iterable[str]) -> dict[str, list[str]]:
+    """Metrics grouped by prefix ("" first, then "helpful/", ...), main ones first within a group."""
+    groups: dict[str, list[str]] = {}
+    for m in ordered(metrics):
+        groups.setdefault(m.rpartition("/")[0], []).append(m)
+    rank = {name: i for i, name in enumerate(MAIN_METRICS)}
+    return {g: sorted(ms, key=lambda m: rank.get(m.rpartition("/")[2], len(rank)))
+            for g, ms in sorted(groups.items(), key=lambda kv: kv[0] != "")}
+
+
+def jsonable(x: Any) -> Any:
+    """Strict JSON: nan/inf -> null, numpy -> Python, tuples -> lists."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple | np.ndarray):
+        return [jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file beside ``path`` and rename, so readers never see half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------ sections
+def setup_rows(results: Sequence[Result]) -> dict[str, dict[str, list[Any]]]:
+    """{setting: {algorithm: distinct values}} from the configs (optimizer steps also from the records)."""
+    rows: dict[str, dict[str, list[Any]]] = {}
+    for name, keys in SETUP_KEYS.items():
+        per_algo: dict[str, list[Any]] = {}
+        for r in results:
+            value = find_key(r.get("config") or {}, keys)
+            if value is None and name == "optimizer steps":
+                value = r.get("optimizer_steps")
+            if value is not None:
+                per_algo.setdefault(r["algorithm"], [])
+                if value not in per_algo[r["algorithm"]]:
+                    per_algo[r["algorithm"]].append(value)
+        rows[name] = per_algo
+    return rows
+
+
+def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) -> str:
+    if not per_algo:
+        return DASH
+    distinct = ordered(json.dumps(v, default=str) for vs in per_algo.values() for v in vs)
+    missing = [a for a in algorithms if a not in per_algo]
+    if len(distinct) == 1:
+        text = str(next(iter(per_algo.values()))[0])
+        return text + (f" (not set for {', '.join(missing)})" if missing else "")
+    parts = [f"{a}: {' / '.join(map(str, per_algo[a]))}" for a in algorithms if a in per_algo]
+    return "; ".join(parts) + " **(differs)**"
+
+
+def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] | None) -> list[str]:
+    metrics = ordered([*(m for s in algos.values() for m in s), *(base or {})])
+    seeds = {a: max((s["n"] for s in stats.values()), default=0) for a, stats in algos.items()}
+    lines = [f"### {task}", ""]
+    if not metrics:
+        return lines + ["No metrics recorded.", ""]
+    for group, ms in metric_groups(metrics).items():
+        if group:
+            lines += [f"*{group}*", ""]
+        header = ["algorithm", "seeds", *(m.rpartition("/")[2] if group else m for m in ms)]
+        rows = []
+        if base:
+            n = max((s["n"] for s in base.values()), default=0)
+            rows.append(["base model", n, *(fmt_ci(base.get(m), seeds=n) for m in ms)])
+        rows += [[a, seeds[a], *(fmt_ci(stats.get(m), seeds=seeds[a]) for m in ms)]
+                 for a, stats in algos.items()]
+        lines += md_table(header, rows)
+    return lines
+
+
+def _relative_section(summary: Mapping[str, Any], targets: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    lines = ["## Relative improvement", "", f"**Formula.** {FORMULA}", "",
+             "Each cell: relative improvement (target mean vs baseline mean); last column: mean of the "
+             "per-cell ratios (cells used of cells).", ""]
+    out: dict[str, Any] = {}
+    metrics = ordered(m for algos in summary.values() for s in algos.values() for m in s
+                      if m.rpartition("/")[2] in REL_METRICS)
+    for target in targets:
+        if not any(target in algos for algos in summary.values()):
+            continue
+        for metric in metrics:
+            table = relative_table(summary, metric, target=target)
+            if not table["baselines"]:
+                continue
+            tasks = [t for t in summary if target in summary[t]
+                     and any(metric in s for s in summary[t].values())]
+            if not tasks:
+                continue
+            out.setdefault(target, {})[metric] = table
+            lines += [f"### {target} vs others — {metric}", ""]
+            rows = []
+            for b, row in table["baselines"].items():
+                cells = []
+                for t in tasks:
+                    c = row["cells"].get(t)
+                    means = f"{fmt_num(c['target'], 3)} vs {fmt_num(c['baseline'], 3)}" if c else ""
+                    cells.append(f"{fmt_pct(c['rel'])} ({means})" if c else DASH)
+                rows.append([b, *cells, f"{fmt_pct(row['mean'])} ({row['cells_used']} of {len(tasks)})"])
+            lines += md_table(["baseline", *tasks, "mean of per-cell ratios"], rows)
+    if not out:
+        lines += [f"No target algorithm ({', '.join(targets)}) found in the results.", ""]
+    return lines, out
+
+
+def _compute_section(table: Mapping[str, Any], totals: Mapping[str, Any]) -> list[str]:
+    names = {"optimizer_steps": "optimizer steps", "tokens_generated": "generated tokens",
+             "tokens_trained": "trained tokens", "wall_time_s": "wall time (s)"}
+    lines = ["## Compute", "", "Per run, mean over seeds.", ""]
+    header = ["algorithm", "seeds", *(names[k] for k in COMPUTE_KEYS)]
+    for task, algos in table.items():
+        lines += [f"### {task}", ""]
+        lines += md_table(header, ([a, row["seeds"], *(fmt_num(row[k], 1 if k == "wall_time_s" else 0)
+                                                         for k in COMPUTE_KEYS)] for a, row in algos.items()))
+    if len(table) > 1:
+        lines += ["### All tasks (sum over tasks of the per-run means)", ""]
+        lines += md_table(["algorithm", "tasks", *(names[k] for k in COMPUTE_KEYS)],
+                          ([a, row["tasks"], *(fmt_num(row[k], 1 if k == "wall_time_s" else 0)
+                                               for k in COMPUTE_KEYS)] for a, row in totals.items()))
+    return lines
+
+
+def _paper_section(summary: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """The paper's table beside ours (Dialogue-v0 helpful/harmless RAS and NAG, in %)."""
+    lines = ["## Paper protocol: the paper's numbers beside ours", "",
+             f"Paper: {paper.SOURCE}; judge: {paper.JUDGE}. Cells are RAS / NAG in %. Ours: the "
+             f"{PAPER_TASK} task's helpful/harmless subsets, mean over seeds ×100. Different models, data "
+             "and judge: compare orderings and gaps, not absolute values.", ""]
+    task = next((t for t in summary if t.endswith(PAPER_TASK)), None)
+    ours = summary.get(task, {}) if task else {}
+    if not task:
+        lines += [f"No {PAPER_TASK} results: only the paper's numbers are shown.", ""]
+    by_paper_name = {a.upper(): a for a in ours if a.upper() in paper.ALGORITHMS}
+    cells = list(paper.TABLE)
+    header = ["algorithm", *(paper.cell_name(*c) + " (paper)" for c in cells),
+              *(f"{s} (ours)" for s in paper.SUBSETS)]
+
+    def ours_cell(algo: str | None, subset: str) -> str:
+        stats = ours.get(algo, {}) if algo else {}
+        ras, nag = (fmt_ci(stats.get(f"{subset}/{m}"), scale=100, digits=1) for m in paper.METRICS)
+        return DASH if ras == nag == DASH else f"{ras} / {nag}"
+
+    rows = [[name, *(f"{paper.TABLE[c][name][0]:.2f} / {paper.TABLE[c][name][1]:.2f}" for c in cells),
+             *(ours_cell(by_paper_name.get(name), s) for s in paper.SUBSETS)] for name in paper.ALGORITHMS]
+    rows += [[a, *(DASH for _ in cells), *(ours_cell(a, s) for s in paper.SUBSETS)]
+             for a in ours if a not in by_paper_name.values()]
+    lines += md_table(header, rows)
+
+    # Headline: same formula on both sides (paper: 4 cells; ours: the 2 subsets of one task).
+    ours_cells = {s: {a: {"ras": stats[f"{s}/ras"]} for a, stats in ours.items() if f"{s}/ras" in stats}
+                  for s in paper.SUBSETS}
+    target = by_paper_name.get("GRAO")
+    ours_rel = relative_table(ours_cells, "ras", [a for a in ours if a != target], target) if target else None
+    recomputed = paper.headline("ras")
+    lines += ["### Headline: relative RAS improvement of GRAO", "",
+              "Recomputed = mean over the paper's 4 (model, subset) cells of (GRAO − b)/|b|; ours = the same "
+              "over our helpful and harmless cells. The paper's claimed PPO/GRPO numbers do not follow from "
+              "its own table by this formula.", ""]
+    rows = [[b, f"{paper.CLAIMED_HEADLINE[b]:+.2f}%", f"{recomputed[b]:+.1f}%",
+             fmt_pct(ours_rel["baselines"][by_paper_name[b]]["mean"])
+             if ours_rel and b in by_paper_name else DASH] for b in paper.CLAIMED_HEADLINE]
+    others = (ours_rel or {"baselines": {}})["baselines"]
+    rows += [[a, DASH, DASH, fmt_pct(row["mean"])]
+             for a, row in others.items() if a not in by_paper_name.values()]
+    lines += md_table(["baseline", "paper (claimed)", "paper (recomputed)", "ours"], rows)
+
+    # Ablations on helpful NAG, if the config has GRAO variants named after them.
+    abl_rows, grao = [], ours.get(target, {}).get("helpful/nag") if target else None
+    for name, claimed in paper.CLAIMED_ABLATIONS.items():
+        for a, stats in ours.items():
+            if name in a and grao and "helpful/nag" in stats:
+                m, g = stats["helpful/nag"]["mean"], grao["mean"]
+                rel = (m - g) / abs(g) if _is_num(m) and _is_num(g) and g != 0 else math.nan
+                abl_rows.append([a, f"{claimed:+.1f}%", fmt_num(100 * (m - g), 1) if _is_num(m - g) else DASH,
+                                 fmt_pct(rel)])
+    if abl_rows:
+        lines += ["### Ablations (helpful NAG, change vs full GRAO)", "",
+                  "The paper does not say whether its ablation drops are relative or in points; both are "
+                  "shown.", ""]
+        lines += md_table(["variant", "paper", "ours (points)", "ours (relative)"], abl_rows)
+    data = {"paper_table": {paper.cell_name(*c): row for c, row in paper.TABLE.items()},
+            "paper_claimed_headline": paper.CLAIMED_HEADLINE, "paper_recomputed_headline": recomputed,
+            "ours_task": task, "ours_relative_ras": ours_rel}
+    return lines, data
+
+
+def headline_summary(relative: Mapping[str, Any], md_path: Path) -> str:
+    """Each target's mean-of-per-cell-ratios improvement over each baseline, one column per metric."""
+    lines = []
+    for target, by_metric in relative.items():
+        metrics = [m for m in REL_METRICS if m in by_metric] or list(by_metric)[:3]
+        baselines = ordered(b for m in metrics for b in by_metric[m]["baselines"])
+        lines += [f"Relative improvement of {target} (mean over tasks of (m_T − m_B)/|m_B|):", ""]
+        lines += md_table(["baseline", *metrics],
+                          ([b, *(fmt_pct(by_metric[m]["baselines"].get(b, {}).get("mean")) for m in metrics)]
+                           for b in baselines))
+    return "\n".join([*lines, f"Full report: {md_path}"])
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "Benchmark report",
+                 paper_protocol: bool = False, target: str | Sequence[str] | None = None,
+                 plots: bool = True) -> dict[str, Any]:
+    """Write ``out_dir/report.md``, ``out_dir/report.json`` and PNGs under ``out_dir/plots``.
+
+    ``target`` (one name or several) plus "grao" and any algorithm the result configs name as target
+    (``targets_of``) are each compared with every other algorithm. Returns the JSON content, with
+    "files" (paths written) and "markdown_summary" (the headline relative table, for the console).
+    """
+    results = unique_results(results)
+    out_dir = Path(out_dir)
+    summary = summarize(results)
+    base = summarize_base(results)
+    given = [target] if isinstance(target, str) else list(target or [])
+    targets = ordered([*given, *targets_of(results)])
+    tasks = list(summary)
+    algorithms = ordered(r["algorithm"] for r in results)
+    seeds = ordered(r.get("seed") for r in results)
+
+    lines = [f"# {title}", "",
+             f"{len(results)} results: {len(tasks)} task(s) × {len(algorithms)} algorithm(s) × "
+             f"{len(seeds)} seed(s) ({', '.join(map(str, seeds))}).", ""]
+    # Controlled setup
+    setup = setup_rows(results)
+    classes = {a: ordered(str(r.get("algo", a)) for r in results if r["algorithm"] == a) for a in algorithms}
+    lines += ["## Controlled setup", "",
+              "Every algorithm starts from the same base model and gets the same budget; a value marked "
+              "*differs* is not controlled.", ""]
+    lines += md_table(["setting", "value"],
+                      [["tasks", ", ".join(tasks)], ["seeds", ", ".join(map(str, seeds))],
+                       ["algorithms (class)", ", ".join(f"{a} ({'/'.join(c)})" for a, c in classes.items())],
+                       *([name, _setup_cell(per_algo, algorithms)] for name, per_algo in setup.items())])
+    # Results per task
+    lines += ["## Results", "",
+              "Mean ± half-width of the 95% Student-t interval over seeds (n − 1 degrees of freedom); a "
+              "single seed shows the value alone. The base model row is the shared starting checkpoint.", ""]
+    for task in tasks:
+        lines += _task_section(task, summary[task], base.get(task))
+    rel_lines, relative = _relative_section(summary, targets)
+    lines += rel_lines
+    ctable = compute_table(results)
+    totals = compute_totals(ctable)
+    lines += _compute_section(ctable, totals)
+    report: dict[str, Any] = {"schema": 1, "title": title, "formula": FORMULA, "n_results": len(results),
+                              "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "targets": targets,
+                              "setup": setup, "summary": summary, "base": base, "relative": relative,
+                              "compute": ctable, "compute_totals": totals}
+    if paper_protocol:
+        paper_lines, report["paper"] = _paper_section(summary)
+        lines += paper_lines
+    plot_files: list[Path] = []
+    if plots:
+        from benchmarks.plots import make_plots  # matplotlib only when plotting
+
+        plot_files = make_plots(results, out_dir / "plots")
+        lines += ["## Plots", "", "Learning curves (curves_*), final metrics (final_*), GRAO loss-term "
+                  "shares (shares_*); shaded bands and error bars are 95% CIs over seeds.", ""]
+        for path in plot_files:
+            rel = path.relative_to(out_dir).as_posix()
+            lines += [f"[{path.name}]({rel})", "", f"![{path.stem}]({rel})", ""]
+    report["plots"] = [p.relative_to(out_dir).as_posix() for p in plot_files]
+    report["markdown_summary"] = headline_summary(relative, md_path := out_dir / "report.md")
+    json_path = out_dir / "report.json"
+    write_atomic(md_path, "\n".join(lines).rstrip() + "\n")
+    report["files"] = [str(md_path), str(json_path), *map(str, plot_files)]
+    report = jsonable(report)
+    write_atomic(json_path, json.dumps(report, indent=1, allow_nan=False) + "\n")
+    return report
