@@ -1,5 +1,56 @@
-"""Alignment tasks as Gymnasium environments that return rewards for generated text."""
+"""Alignment tasks as Gymnasium environments that return rewards for generated text.
 
+    import textenv
+    env = textenv.make("textenv/Dialogue-v0")              # == gymnasium.make(...) after `import textenv`
+    prompt, info = env.reset(seed=0)
+    _, reward, terminated, truncated, info = env.step(" Boil water and add milk.")
+
+Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0 (see ``textenv.tasks``);
+``textenv.register`` adds your own, and installed packages add theirs through the "textenv.envs"
+entry-point group (see ``textenv.registry``).
+"""
+
+import textenv.tasks  # noqa: F401  (registers the built-in envs)
+from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
+from textenv.env import TextGenEnv, TextVectorEnv
+from textenv.metrics import evaluate_completions
+from textenv.registry import (
+    ENTRY_POINT_GROUP,
+    EnvNotFound,
+    list_envs,
+    load_plugins,
+    make,
+    make_task,
+    make_vec,
+    register,
+    unregister,
+)
+from textenv.spaces import TextSpace
 from textenv.task import Example, Task, TaskError, columns_of
+from textenv.token_env import TokenEnv
 
-__all__ = ["Example", "Task", "TaskError", "columns_of"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "EnvNotFound",
+    "Example",
+    "Task",
+    "TaskError",
+    "TextGenEnv",
+    "TextSpace",
+    "TextVectorEnv",
+    "TokenEnv",
+    "columns_of",
+    "evaluate_completions",
+    "hf_dataset",
+    "list_envs",
+    "load_hf",
+    "load_hh",
+    "load_jsonl",
+    "load_plugins",
+    "make",
+    "make_task",
+    "make_vec",
+    "parse_hh",
+    "register",
+    "unregister",
+]

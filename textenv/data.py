@@ -1,0 +1,255 @@
+"""Loaders that turn datasets into ``Example`` lists: JSONL, Hugging Face ``datasets``, Anthropic HH-RLHF.
+
+Column mapping: ``prompt=`` names the prompt column (required); ``reference=``, ``chosen=`` and
+``rejected=`` name optional columns (``None``: the field stays empty); ``meta=`` lists columns (or maps
+meta keys to columns) that travel in ``Example.meta`` and so reach the reward as keyword columns.
+A named column that is missing, or a dataset with no rows, raises ``TaskError`` naming it.
+
+The HH-RLHF format is a dialogue in one string, "\\n\\nHuman: ...\\n\\nAssistant: ...", possibly with
+several turns. ``parse_hh`` splits it TRL-style: the prompt is everything up to and including the last
+"\\n\\nAssistant:", the answer is the rest (with its leading space, so prompt + answer is the original).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from textenv.task import Example, TaskError
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+HF_FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+
+
+def _meta_map(meta: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
+    if meta is None:
+        return {}
+    if isinstance(meta, str):
+        return {meta: meta}
+    return dict(meta) if isinstance(meta, Mapping) else {c: c for c in meta}
+
+
+def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, prompt: str = "prompt",
+                          reference: str | None = None, chosen: str | None = None, rejected: str | None = None,
+                          meta: Sequence[str] | Mapping[str, str] | None = None) -> list[Example]:
+    """Examples from a column table (``{name: values}``); every named column must be present."""
+    fields = {"prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected}
+    metas = _meta_map(meta)
+    wanted = [c for c in fields.values() if c is not None] + list(metas.values())
+    missing = [c for c in dict.fromkeys(wanted) if c not in columns]
+    if missing:
+        raise TaskError(f"{source}: missing column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(map(repr, missing))}; columns: {sorted(columns)}")
+    n = len(columns[prompt])
+    if n == 0:
+        raise TaskError(f"{source}: the dataset is empty (no rows)")
+    out = []
+    for i in range(n):
+        values = {f: None if c is None else columns[c][i] for f, c in fields.items()}
+        for f, v in values.items():
+            if v is not None and not isinstance(v, str):
+                raise TaskError(f"{source}: row {i}, column {fields[f]!r} is {type(v).__name__}, expected str")
+        if values["prompt"] is None:
+            raise TaskError(f"{source}: row {i} has no prompt (column {prompt!r} is null)")
+        out.append(Example(**values, meta={k: columns[c][i] for k, c in metas.items()}))
+    return out
+
+
+def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **mapping: Any) -> list[Example]:
+    """Examples from row dicts (JSON lines); a column missing from any row is reported with the row."""
+    if not records:
+        raise TaskError(f"{source}: the dataset is empty (no rows)")
+    names = [c for k, c in mapping.items() if k != "meta" and c is not None]
+    names += list(_meta_map(mapping.get("meta")).values())
+    names.append(mapping.get("prompt", "prompt"))
+    for i, row in enumerate(records):
+        absent = [c for c in dict.fromkeys(names) if c not in row]
+        if absent:
+            raise TaskError(f"{source}: row {i} is missing column{'s' if len(absent) > 1 else ''} "
+                            f"{', '.join(map(repr, absent))}; it has: {sorted(row)}")
+    columns = {c: [row[c] for row in records] for c in dict.fromkeys(names)}
+    return examples_from_columns(columns, source, **mapping)
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Rows of a ``.jsonl`` or ``.jsonl.gz`` file; a bad line is reported with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{str(path)!r}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise TaskError(f"{str(path)!r}, line {lineno}: invalid JSON: {err}") from err
+            if not isinstance(row, dict):
+                raise TaskError(f"{str(path)!r}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    if not rows:
+        raise TaskError(f"{str(path)!r}: the file is empty (no JSON lines)")
+    return rows
+
+
+def load_jsonl(path: str | Path, *, prompt: str = "prompt", reference: str | None = None,
+               chosen: str | None = None, rejected: str | None = None,
+               meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None) -> list[Example]:
+    """Examples from a JSON-lines file (``.gz`` too), with the column mapping described in the module doc."""
+    rows = read_jsonl(path)[:limit]
+    return examples_from_records(rows, repr(str(path)), prompt=prompt, reference=reference, chosen=chosen,
+                                 rejected=rejected, meta=meta)
+
+
+def hf_dataset(source: Any, split: str = "train", *, data_dir: str | None = None, **load_kw: Any) -> Any:
+    """A ``datasets.Dataset`` from a Dataset/DatasetDict, a local path, or a hub name (needs a network).
+
+    A directory saved with ``save_to_disk`` is loaded with ``load_from_disk``; another directory or a
+    data file (.json/.jsonl/.csv/.parquet, optionally compressed) with ``load_dataset``.
+    """
+    import datasets
+
+    name = repr(str(source))
+    if isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise TaskError(f"dataset has no split {split!r}; splits: {sorted(source)}")
+        return source[split]
+    if isinstance(source, datasets.Dataset):
+        return source
+    if not isinstance(source, str | Path):
+        raise TaskError(f"load_hf: expected a datasets.Dataset, a path or a hub name, got {type(source).__name__}")
+    path = Path(source)
+    try:
+        if path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json")):
+            return hf_dataset(datasets.load_from_disk(str(path)), split)
+        if path.is_dir():
+            return datasets.load_dataset(str(path), data_dir=data_dir, split=split, **load_kw)
+        if path.is_file():
+            suffixes = [s for s in path.suffixes if s not in (".gz", ".bz2", ".xz", ".zst")]
+            kind = HF_FILE_TYPES.get(suffixes[-1] if suffixes else "")
+            if kind is None:
+                raise TaskError(f"{name}: unknown data file type; expected one of {sorted(HF_FILE_TYPES)}")
+            return datasets.load_dataset(kind, data_files=str(path), split="train", **load_kw)
+    except TaskError:
+        raise
+    except Exception as err:
+        raise TaskError(f"{name}: could not load the local dataset: {type(err).__name__}: {err}") from err
+    if str(source).startswith((".", "/", "~")) or path.suffix:
+        raise TaskError(f"{name}: no such file or directory")
+    try:
+        return datasets.load_dataset(str(source), data_dir=data_dir, split=split, **load_kw)
+    except Exception as err:
+        raise TaskError(f"{name}: could not load from the Hugging Face hub (split={split!r}, "
+                        f"data_dir={data_dir!r}); a hub name needs a network, or pass a local path: "
+                        f"{type(err).__name__}: {err}") from err
+
+
+def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", reference: str | None = None,
+            chosen: str | None = None, rejected: str | None = None,
+            meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
+            limit: int | None = None, **load_kw: Any) -> list[Example]:
+    """Examples from a Hugging Face dataset (object, local path or hub name) with a column mapping."""
+    ds = hf_dataset(source, split, data_dir=data_dir, **load_kw)
+    name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    names = [c for c in (prompt, reference, chosen, rejected) if c is not None] + list(_meta_map(meta).values())
+    missing = [c for c in dict.fromkeys(names) if c not in ds.column_names]
+    if missing:
+        raise TaskError(f"{name}: missing column{'s' if len(missing) > 1 else ''} "
+                        f"{', '.join(map(repr, missing))}; columns: {sorted(ds.column_names)}")
+    columns = {c: ds[c] for c in dict.fromkeys(names)}
+    return examples_from_columns(columns, name, prompt=prompt, reference=reference, chosen=chosen,
+                                 rejected=rejected, meta=meta)
+
+
+def parse_hh(text: str) -> tuple[str, str]:
+    """``(prompt, answer)`` of one HH-RLHF dialogue: the split is at the last "\\n\\nAssistant:"."""
+    if not isinstance(text, str):
+        raise TaskError(f"HH-RLHF: expected a dialogue string, got {type(text).__name__}")
+    cut = text.rfind(ASSISTANT)
+    if cut < 0 or HUMAN not in text[:cut]:
+        raise TaskError(f"HH-RLHF: not in HH format (needs '\\n\\nHuman:' then '\\n\\nAssistant:'): {text[:80]!r}")
+    cut += len(ASSISTANT)
+    return text[:cut], text[cut:]
+
+
+def hh_examples(pairs: Iterable[tuple[str, str]], source: str,
+                meta: Mapping[str, Any] | None = None) -> list[Example]:
+    """Examples from (chosen, rejected) dialogues; reference = chosen answer, as in the GRAO paper.
+
+    Rows that do not parse, or whose chosen and rejected prompts differ (a few in the real data), are
+    skipped with a warning; no usable row at all is an error.
+    """
+    out, bad = [], 0
+    for chosen_text, rejected_text in pairs:
+        try:
+            prompt, chosen = parse_hh(chosen_text)
+            other, rejected = parse_hh(rejected_text)
+        except TaskError:
+            bad += 1
+            continue
+        if other != prompt:
+            bad += 1
+            continue
+        out.append(Example(prompt=prompt, reference=chosen, chosen=chosen, rejected=rejected, meta=dict(meta or {})))
+    if not out:
+        raise TaskError(f"{source}: no usable HH-RLHF pairs ({bad} rows skipped as malformed or mismatched)")
+    if bad:
+        warnings.warn(f"{source}: skipped {bad} HH-RLHF rows (malformed, or chosen/rejected prompts differ)",
+                      stacklevel=2)
+    return out
+
+
+def subset_label(name: str, default: str = "hh") -> str:
+    """"helpful-base" -> "helpful", "harmless-base/train.jsonl.gz" -> "harmless", else ``default``."""
+    lowered = name.lower()
+    return next((s for s in ("harmless", "helpful") if s in lowered), default)
+
+
+def load_hh(source: Any, split: str = "train", *, subset: str | None = None, data_dir: str | None = None,
+            limit: int | None = None) -> list[Example]:
+    """HH-RLHF pairs from a ``.jsonl``/``.jsonl.gz`` file, a local clone of the hub repo (directory with
+    ``<data_dir>/<split>.jsonl.gz``), a ``datasets.Dataset``, or a hub name such as "Anthropic/hh-rlhf".
+
+    Each example's ``meta["subset"]`` is ``subset``, or else read from ``data_dir`` / the file path.
+    """
+    where = " ".join(str(x) for x in (data_dir, source if isinstance(source, str | Path) else None) if x)
+    label = subset or subset_label(where, default=data_dir or "hh")
+    path = Path(source) if isinstance(source, str | Path) else None
+    if path is not None and path.is_dir() and not (path / "state.json").is_file():
+        folder = path / data_dir if data_dir else path
+        files = [folder / f"{split}{ext}" for ext in (".jsonl.gz", ".jsonl")]
+        found = next((f for f in files if f.is_file()), None)
+        if found is None:
+            raise TaskError(f"{str(path)!r}: no {split}.jsonl.gz or {split}.jsonl in {str(folder)!r}")
+        path = found
+        label = subset or subset_label(str(found), default=data_dir or "hh")
+    if path is not None and path.is_file() and ".jsonl" in path.suffixes:
+        rows = read_jsonl(path)[:limit]
+        source_name = repr(str(path))
+        for i, row in enumerate(rows):
+            absent = [c for c in ("chosen", "rejected") if c not in row]
+            if absent:
+                raise TaskError(f"{source_name}: row {i} is missing column{'s' if len(absent) > 1 else ''} "
+                                f"{', '.join(map(repr, absent))}; it has: {sorted(row)}")
+        pairs: Iterable[tuple[str, str]] = [(r["chosen"], r["rejected"]) for r in rows]
+    else:
+        ds = hf_dataset(source, split, data_dir=data_dir)
+        source_name = repr(str(source)) if isinstance(source, str | Path) else "HH dataset"
+        if limit is not None:
+            ds = ds.select(range(min(limit, len(ds))))
+        missing = [c for c in ("chosen", "rejected") if c not in ds.column_names]
+        if missing:
+            raise TaskError(f"{source_name}: missing column{'s' if len(missing) > 1 else ''} "
+                            f"{', '.join(map(repr, missing))}; columns: {sorted(ds.column_names)}")
+        if len(ds) == 0:
+            raise TaskError(f"{source_name}: the dataset is empty (no rows)")
+        pairs = zip(ds["chosen"], ds["rejected"], strict=True)
+    return hh_examples(pairs, source_name, {"subset": label})

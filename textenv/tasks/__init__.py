@@ -1,0 +1,25 @@
+"""Built-in tasks, registered as ``textenv/<Name>-v0`` when ``textenv`` is imported.
+
+Each factory is deterministic given its ``seed`` and builds "train" and "eval" splits, references,
+preference pairs and a small mixed-quality ``corpus`` for pretraining a tiny base model.
+"""
+
+from textenv.registry import register
+from textenv.tasks.arithmetic import arithmetic_task
+from textenv.tasks.dialogue import dialogue_task
+from textenv.tasks.hh import hh_task
+from textenv.tasks.preference import preference_task
+from textenv.tasks.sentiment import sentiment_task
+
+BUILTIN = {
+    "textenv/Arithmetic-v0": arithmetic_task,
+    "textenv/Sentiment-v0": sentiment_task,
+    "textenv/Dialogue-v0": dialogue_task,
+    "textenv/Preference-v0": preference_task,
+    "textenv/HH-v0": hh_task,
+}
+
+for _id, _factory in BUILTIN.items():
+    register(_id, _factory)
+
+__all__ = ["BUILTIN", "arithmetic_task", "dialogue_task", "hh_task", "preference_task", "sentiment_task"]
