@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from algos import Policy
 from rewards.tiny import byte_tokenizer
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models gain nothing from more; a shared machine loses a lot
 
 
 def random_policy(arch: str = "llama", seed: int = 0) -> Policy:

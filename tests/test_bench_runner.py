@@ -1,0 +1,155 @@
+"""The benchmark runner: config validation, resumable cells, corrupt files, controlled budgets."""
+
+import json
+
+import pytest
+from conftest import random_policy
+
+from benchmarks import config as bench_config
+from benchmarks import runner
+from benchmarks.__main__ import main as cli
+from benchmarks.stats import FORMULA
+
+
+def write_config(tmp_path, base_path, extra: str = "", grao_lr: float = 1e-3) -> str:
+    path = tmp_path / "tiny.toml"
+    path.write_text(f"""
+title = "runner test"
+seeds = [0, 1]
+[base]
+model = "{base_path}"
+[budget]
+steps = 2
+prompts_per_step = 2
+group_size = 2
+max_new_tokens = 4
+[eval]
+prompts = 4
+every = 1
+[tasks."textenv/Arithmetic-v0"]
+[algorithms.sft]
+[algorithms.grao]
+lr = {grao_lr}
+[algorithms.grao_no_imitation]
+algorithm = "grao"
+imitation = false
+{extra}""")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def base_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base") / "policy"
+    random_policy().save(path)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('colour = "red"', r"unknown key 'colour' in \[top level\]; valid keys:"),
+    ('[budget]\nsteps = "ten"', r"\[budget\] steps must be an integer, got str"),
+    ('[budget]\nstepz = 3', r"unknown key 'stepz' in \[budget\]; valid keys: group_size, max_new_tokens"),
+    ('[tasks."textenv/Arithmetc-v0"]', r"unknown task 'textenv/Arithmetc-v0'.*did you mean textenv/Arithmetic-v0"),
+    ("[tasks]", r"\[tasks\] must name at least one task"),
+    ('[tasks."textenv/Arithmetic-v0"]\n[algorithms.grpo]\nlos_type = "dapo"',
+     r"unknown GRPOConfig key 'los_type' in .*\[algorithms.grpo\]; valid keys: .*loss_type"),
+    ('[tasks."textenv/Arithmetic-v0"]\n[algorithms.grpo]\nloss_type = "ppo"', r"must be one of"),
+    ('[tasks."textenv/Arithmetic-v0"]\n[algorithms.gpro]', r"unknown algorithm 'gpro' in \[algorithms.gpro\]"),
+    ('[tasks."textenv/Arithmetic-v0"]\n[algorithms.grao]\ngroup_size = 4',
+     r"\[algorithms.grao\] sets 'group_size', which the benchmark controls"),
+    ('seeds = [1, 1]\n[tasks."textenv/Arithmetic-v0"]\n[algorithms.sft]', r"seeds has duplicates"),
+    ('[tasks."textenv/Arithmetic-v0"]\n[algorithms.sft]\ntarget = "x"', r"unknown SFTConfig key 'target'"),
+    ("seeds = [", r"not valid TOML"),
+])
+def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(bench_config.BenchConfigError, match=message) as err:
+        bench_config.load(path)
+    assert "bad.toml" in str(err.value)
+
+
+def test_missing_config_file_and_unknown_shipped_name():
+    with pytest.raises(bench_config.BenchConfigError, match=r"shipped: ablation, hh, paper, quick"):
+        bench_config.load("quik")
+    with pytest.raises(bench_config.BenchConfigError, match="config file not found"):
+        bench_config.load("nowhere/x.toml")
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text("colour = 1")
+    assert cli(["run", str(path)]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["quick", "paper", "ablation", "hh"])
+def test_shipped_configs_parse(name):
+    cfg = bench_config.load(name)
+    assert cfg.algorithms and cfg.tasks and cfg.seeds
+
+
+def test_run_is_controlled_resumable_and_redoes_corrupt_cells(tmp_path, base_path, monkeypatch):
+    cfg = bench_config.load(write_config(tmp_path, base_path))
+    out = tmp_path / "out"
+    real_run_cell, calls = runner.run_cell, []
+
+    def crash_on_fourth(*args, **kwargs):
+        calls.append((args[2].name, args[3]))
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the run dies in the middle of a cell
+        return real_run_cell(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "run_cell", crash_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(cfg, out, progress=False, log=lambda s: None)
+    finished = sorted(p.relative_to(out).as_posix() for p in out.glob("results/*/*/*.json"))
+    assert len(finished) == 3  # the cells done before the crash survive, the one in flight does not
+    assert not list(out.rglob("*.tmp"))
+
+    calls.clear()
+    results = runner.run(cfg, out, progress=False, log=lambda s: None)
+    assert calls == [("sft", 1), ("grao", 1), ("grao_no_imitation", 1)]
+    assert len(results) == 6
+
+    # Same budget, same base, same eval prompts and seed for every algorithm of a (task, seed).
+    for r in results:
+        assert r["config"]["budget"] == {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 4}
+        assert r["config"]["base_path"] == str(base_path)
+        assert r["optimizer_steps"] == 2 and r["tokens_trained"] > 0
+        assert [h["step"] for h in r["history"] if "eval/reward" in h] == [1, 2]
+        assert {"reward", "ras", "tie", "nag"} <= set(r["metrics"])
+    by_seed = {}
+    for r in results:
+        by_seed.setdefault(r["seed"], []).append(json.dumps(r["base_metrics"], sort_keys=True))
+    assert all(len(set(v)) == 1 for v in by_seed.values())
+    hyper = {r["algorithm"]: r["config"]["hyperparameters"] for r in results if r["seed"] == 0}
+    assert hyper["grao"]["lr"] == 1e-3 and hyper["grao_no_imitation"]["imitation"] is False
+    assert hyper["grao"]["group_size"] == 2 and hyper["sft"]["batch_size"] == 2
+
+    # A corrupt result file is set aside and only that cell is run again.
+    victim = out / "results" / "textenv__Arithmetic-v0" / "grao" / "seed1.json"
+    victim.write_text('{"schema": 1, "metrics": {"rew')
+    calls.clear()
+    runner.run(cfg, out, progress=False, log=lambda s: None)
+    assert calls == [("grao", 1)]
+    assert json.loads(victim.read_text())["algorithm"] == "grao"
+    assert len(list(victim.parent.glob("seed1.corrupt-*"))) == 1
+
+    # Changing an algorithm's settings makes its old cells stale; the others are kept.
+    cfg2 = bench_config.load(write_config(tmp_path, base_path, grao_lr=2e-3))
+    calls.clear()
+    runner.run(cfg2, out, progress=False, log=lambda s: None)
+    assert sorted(calls) == [("grao", 0), ("grao", 1)]
+
+
+def test_report_from_a_run_directory(tmp_path, base_path, capsys):
+    path = write_config(tmp_path, base_path)
+    out = tmp_path / "out"
+    assert cli(["run", path, "--out", str(out), "--no-progress"]) == 0
+    report = (out / "report.md").read_text()
+    assert "| grao |" in report and "| sft |" in report and FORMULA in report
+    assert len(list(out.glob("plots/*.png"))) >= 3
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    (out / "report.md").unlink()
+    assert cli(["report", str(out)]) == 0
+    assert (out / "report.md").exists()
