@@ -1,0 +1,223 @@
+"""The embedded default base model: a tiny causal LM pretrained on a task's corpus in about a minute.
+
+Everything runs offline on CPU: the tokenizer is the byte-level one from ``rewards.tiny`` and the
+architecture is a small ``transformers`` Llama (or GPT-2) config trained from scratch with a plain
+PyTorch loop. The result is cached on disk under a key that hashes the recipe, the corpus and this
+code's version, so a benchmark that builds the same base model for five algorithms trains it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+from rewards.tiny import byte_tokenizer
+from textenv import Task, TaskError
+
+log = logging.getLogger(__name__)
+
+# Bump when a change here alters the trained weights for the same recipe and corpus.
+CODE_VERSION = "1"
+BOS_ID, EOS_ID, PAD_ID = 1, 2, 0
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Architecture and pretraining hyperparameters of a tiny base model (all of it goes in the cache key)."""
+
+    arch: str = "llama"            # "llama" (rotary positions, safe with left padding) or "gpt2"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: int = 4
+    max_positions: int = 256       # longest prompt + completion the model will ever see
+    steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1      # cosine decay from lr down to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    seq_len: int = 64              # documents are cut to this many tokens, <bos> and <eos> included
+    grad_clip: float = 1.0
+    seed: int = 0
+    train_references: bool = False  # also train on prompt+reference of the TRAIN split (never eval)
+
+
+# Tuned so that, sampled at temperature 0.7, the base model's groups of 8 mostly mix good and bad
+# outputs (see benchmarks/base_quality.py), in under a minute of pretraining on two CPU cores.
+_RECIPES: dict[str, TinyRecipe] = {
+    "Arithmetic-v0": TinyRecipe(hidden=64, layers=2, heads=4, steps=1600, batch_size=32, seq_len=16,
+                                max_positions=32, lr=3e-3),
+    "Sentiment-v0": TinyRecipe(hidden=96, layers=2, heads=4, steps=500, batch_size=16, seq_len=96,
+                               max_positions=160),
+    "Dialogue-v0": TinyRecipe(hidden=96, layers=2, heads=4, steps=1000, batch_size=16, seq_len=128,
+                              max_positions=256),
+}
+
+
+def default_recipe(task_name: str) -> TinyRecipe:
+    """The tuned recipe of a built-in task ("Arithmetic-v0" or "textenv/Arithmetic-v0"), else a generic one."""
+    return _RECIPES.get(task_name.removeprefix("textenv/"), TinyRecipe())
+
+
+def cache_root() -> Path:
+    """``$GRAO_CACHE`` or ``~/.cache/grao-lab``: where tiny models live between runs."""
+    return Path(os.environ.get("GRAO_CACHE") or Path.home() / ".cache" / "grao-lab")
+
+
+def build_model(recipe: TinyRecipe) -> PreTrainedModel:
+    """A freshly initialised model for the byte vocabulary (uses the global torch RNG)."""
+    vocab = len(byte_tokenizer())
+    ids = {"bos_token_id": BOS_ID, "eos_token_id": EOS_ID, "pad_token_id": PAD_ID}
+    if recipe.arch == "llama":
+        config = LlamaConfig(vocab_size=vocab, hidden_size=recipe.hidden, num_hidden_layers=recipe.layers,
+                             num_attention_heads=recipe.heads, num_key_value_heads=recipe.heads,
+                             intermediate_size=recipe.mlp_ratio * recipe.hidden,
+                             max_position_embeddings=recipe.max_positions, tie_word_embeddings=True, **ids)
+        return LlamaForCausalLM(config)
+    if recipe.arch == "gpt2":
+        config = GPT2Config(vocab_size=vocab, n_embd=recipe.hidden, n_layer=recipe.layers,
+                            n_head=recipe.heads, n_inner=recipe.mlp_ratio * recipe.hidden,
+                            n_positions=recipe.max_positions, embd_pdrop=0.0, attn_pdrop=0.0, resid_pdrop=0.0, **ids)
+        return GPT2LMHeadModel(config)
+    raise ValueError(f"TinyRecipe.arch must be 'llama' or 'gpt2', got {recipe.arch!r}")
+
+
+def documents(task: Task, recipe: TinyRecipe) -> list[str]:
+    """The pretraining text: the task corpus, plus train prompt+reference if the recipe asks."""
+    docs = list(task.corpus or [])
+    if recipe.train_references:
+        docs += [ex.prompt + ex.reference for ex in task.with_references("train")]
+    if not docs:
+        raise TaskError(f"task {task.name!r} has no corpus to pretrain a tiny model on")
+    return docs
+
+
+def cache_key(recipe: TinyRecipe, docs: list[str]) -> str:
+    """Hash of (recipe, corpus, code version): same inputs, same directory."""
+    h = hashlib.sha256(json.dumps({"recipe": dataclasses.asdict(recipe), "code": CODE_VERSION},
+                                  sort_keys=True).encode())
+    for doc in docs:
+        h.update(doc.encode("utf-8", "surrogatepass") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _encode(docs: list[str], seq_len: int) -> list[torch.Tensor]:
+    tok = byte_tokenizer()
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    return [torch.tensor(([BOS_ID] + x + [EOS_ID])[:seq_len]) for x in ids]
+
+
+def _batch(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest row; padding is masked out of the loss (causal attention never sees it)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD_ID)
+    labels = torch.full((len(rows), width), -100)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+        labels[i, :len(r)] = r
+    return ids, labels
+
+
+def _lr_at(step: int, recipe: TinyRecipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    frac = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * frac))
+    return recipe.lr * (recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * cosine)
+
+
+def train(docs: list[str], recipe: TinyRecipe, progress: bool = True) -> tuple[PreTrainedModel, list[float]]:
+    """Pretrain from scratch with AdamW, warmup + cosine decay and grad clipping; deterministic per seed."""
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe)
+    model.train()
+    rows = _encode(docs, recipe.seq_len)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    order, pos, losses = torch.randperm(len(rows), generator=gen), 0, []
+    bar = tqdm(range(recipe.steps), desc="pretrain tiny", disable=not progress, mininterval=1.0)
+    for step in bar:
+        if pos + recipe.batch_size > len(order):     # a new epoch: reshuffle
+            order, pos = torch.randperm(len(rows), generator=gen), 0
+        ids, labels = _batch([rows[int(i)] for i in order[pos:pos + recipe.batch_size]])
+        pos += recipe.batch_size
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, recipe)
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.3f}")
+    model.eval()
+    return model, losses
+
+
+def _say(msg: str, progress: bool) -> None:
+    log.info(msg)
+    if progress and not log.isEnabledFor(logging.INFO):
+        print(msg, file=sys.stderr)
+
+
+def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str | Path | None = None,
+                  progress: bool = True) -> Path:
+    """Return the directory of a tiny model pretrained on ``task``'s corpus, training it only if not cached.
+
+    The directory holds ``save_pretrained`` output (safetensors), the byte tokenizer and
+    ``tiny_recipe.json``; load it with ``AutoModelForCausalLM.from_pretrained(path)``. It is written
+    to a temporary directory and renamed into place, so an interrupted run never leaves half a model.
+    """
+    recipe = recipe or default_recipe(task.name)
+    docs = documents(task, recipe)
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    name = task.name.removeprefix("textenv/").replace("/", "_")
+    path = root / "tiny" / f"{name}-{cache_key(recipe, docs)}"
+    if (path / "tiny_recipe.json").exists():
+        _say(f"tiny base model for {task.name}: reusing cached {path}", progress)
+        return path
+    start = time.perf_counter()
+    model, losses = train(docs, recipe, progress)
+    seconds = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    bars = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(tmp)
+        byte_tokenizer().save_pretrained(tmp)
+        info = {"task": task.name, "recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION,
+                "documents": len(docs), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+                "train_seconds": round(seconds, 1)}
+        (tmp / "tiny_recipe.json").write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / "tiny_recipe.json").exists():   # not a lost race with another process
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
+    _say(f"tiny base model for {task.name}: trained in {seconds:.0f}s, saved to {path}", progress)
+    return path
