@@ -12,7 +12,7 @@ from algos.agent import Agent, AgentConfig, draw, register
 
 @dataclass
 class SFTConfig(AgentConfig):
-    lr: float = 3e-4
+    lr: float = 1e-4
     batch_size: int = 16
 
 
