@@ -191,7 +191,9 @@ def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) ->
 
 
 def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] | None) -> list[str]:
-    metrics = ordered([*(m for s in algos.values() for m in s), *(base or {})])
+    # "n" / "helpful/n" count eval prompts; they are not metrics to compare.
+    metrics = [m for m in ordered([*(m for s in algos.values() for m in s), *(base or {})])
+               if m.rpartition("/")[2] != "n"]
     seeds = {a: max((s["n"] for s in stats.values()), default=0) for a, stats in algos.items()}
     lines = [f"### {task}", ""]
     if not metrics:

@@ -112,3 +112,15 @@ def test_checkpoint_of_another_algorithm_is_refused(tmp_path, env):
     sft.learn(env, 1, checkpoint_every=1, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="is for 'sft', not 'grao'"):
         algos.make("grao", random_policy()).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+
+
+@pytest.mark.parametrize("name", ["grpo", "ppo", "grao"])
+def test_online_algorithms_take_a_pairwise_judge(name):
+    """Dialogue-v0's reward is a judge R(o, y) in {-1, 0, 1}; GRAO scores the reference itself as 0."""
+    env = textenv.make("textenv/Dialogue-v0")
+    assert env.unwrapped.task.reward.pairwise
+    agent = algos.make(name, random_policy(), batch_size=2, group_size=3, max_new_tokens=8, seed=0)
+    record = agent.learn(env, 1, progress=False)[0]
+    assert np.isfinite(record["loss"]) and -1 <= record["reward/mean"] <= 1
+    if name == "grao":
+        assert record["reward/reference_mean"] == 0.0
