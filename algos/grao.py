@@ -50,9 +50,7 @@ class GRAO(Agent):
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
         cfg = self.config
         examples = draw(env.task.with_references("train"), cfg.batch_size, rng)
-        rollout = collect(self.policy, env, examples, cfg.group_size, temperature=cfg.temperature,
-                          top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=int(rng.integers(2**31)),
-                          reference_rewards=True)
+        rollout = collect(self.policy, env, examples, cfg, rng, reference_rewards=True)
         s = rollout.samples
         prompts, references = [ex.prompt for ex in examples], [ex.reference for ex in examples]
         for _ in range(cfg.num_iterations):

@@ -9,14 +9,29 @@ how much padding its batch needed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True) -> Iterator[None]:
+    """Hide transformers' per-file progress bars: local checkpoints load and save in milliseconds."""
+    was_on = hf_logging.is_progress_bar_enabled()
+    if enabled and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled and was_on:
+            hf_logging.enable_progress_bar()
 
 
 @dataclass
@@ -65,8 +80,9 @@ class Policy:
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+        with _quiet(Path(name_or_path).is_dir()):
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
         return cls(model, tokenizer, device=device)
 
     @classmethod
@@ -81,7 +97,8 @@ class Policy:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        with _quiet():
+            self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
 
     load = from_pretrained

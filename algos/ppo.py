@@ -72,9 +72,7 @@ class PPO(Agent):
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
         cfg = self.config
-        rollout = collect(self.policy, env, draw(env.task.split("train"), cfg.batch_size, rng), cfg.group_size,
-                          temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                          seed=int(rng.integers(2**31)))
+        rollout = collect(self.policy, env, draw(env.task.split("train"), cfg.batch_size, rng), cfg, rng)
         s = rollout.samples
         batch = (s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
         mask = s.completion_mask

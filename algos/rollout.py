@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,12 +27,17 @@ class Rollout:
         return self.rewards.shape[1]
 
 
-def collect(policy: Policy, env: object, examples: list[Example], group_size: int, *,
-            temperature: float, top_p: float, max_new_tokens: int, seed: int,
+def collect(policy: Policy, env: object, examples: list[Example], config: Any, rng: np.random.Generator,
             reference_rewards: bool = False) -> Rollout:
-    """Sample ``group_size`` completions per example and score them all with one reward call."""
+    """Sample ``config.group_size`` completions per example and score them all with one reward call.
+
+    ``config`` supplies the sampling settings (``temperature``, ``top_p``, ``max_new_tokens``); the
+    sampling seed is drawn from ``rng``, so a step's rollout is a function of the step's generator.
+    """
+    group_size = config.group_size
     samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
-                              temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
+                              temperature=config.temperature, top_p=config.top_p,
+                              max_new_tokens=config.max_new_tokens, seed=int(rng.integers(2**31)))
     repeated = [ex for ex in examples for _ in range(group_size)]
     total, components = env.score(repeated, samples.texts)
     rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)

@@ -224,7 +224,8 @@ def _relative_section(summary: Mapping[str, Any], targets: Sequence[str]) -> tup
             continue
         for metric in metrics:
             table = relative_table(summary, metric, target=target)
-            if not table["baselines"]:
+            # A metric no baseline has a ratio for (e.g. RAS when nothing can beat the reference) is noise.
+            if not any(row["cells_used"] for row in table["baselines"].values()):
                 continue
             tasks = [t for t in summary if target in summary[t]
                      and any(metric in s for s in summary[t].values())]

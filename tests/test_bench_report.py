@@ -75,9 +75,9 @@ def test_write_report_tables_formula_and_json(tmp_path):
     assert "| sft | 2 | 0.500 ± 0.000 | 0.400 ± 0.000 | — |" in md
     # relative: (0.6 - 0.4)/0.4 = +50%; Dialogue helpful/ras (0.6-0.4)/0.4 = +50%; nag vs missing -> "—"
     assert "| sft | +50.0% (0.600 vs 0.400) | +50.0% (1 of 1) |" in md
-    assert "| sft | — (0.300 vs —) | — (0 of 1) |" in md
-    # harmless/nag baseline 0 -> no ratio
-    assert "| sft | — (0.100 vs 0.000) | — (0 of 1) |" in md
+    assert "vs others — nag" not in md  # no baseline has NAG: a table of dashes is left out
+    # harmless/nag baseline 0 -> no ratio, so no table either
+    assert "vs others — harmless/nag" not in md
     # compute: mean over seeds, wall (2+3)/2 = 2.5
     assert "| grao | 2 | 4 | 1,000 | 500 | 2.5 |" in md
     assert "| sft | 2 | 4 | 0 | 500 | 2.5 |" in md
@@ -90,12 +90,12 @@ def test_write_report_tables_formula_and_json(tmp_path):
     data = json.loads((tmp_path / "report.json").read_text())  # strict JSON: no NaN
     assert data == report
     assert data["relative"]["grao"]["ras"]["baselines"]["sft"]["mean"] == pytest.approx(0.5)
-    assert data["relative"]["grao"]["nag"]["baselines"]["sft"]["mean"] is None
+    assert "nag" not in data["relative"]["grao"] and "harmless/nag" not in data["relative"]["grao"]
     assert data["summary"]["A"]["grao"]["ras"]["values"] == [0.5, 0.7]
     assert data["paper"]["paper_recomputed_headline"]["DPO"] == pytest.approx(17.67, abs=0.01)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]  # no temp files left
     # console summary: grao vs sft, mean over tasks; reward (1.5-0.5)/0.5 = +200%, ras +50%, nag undefined
-    assert "| sft | +200.0% | +50.0% | — |" in report["markdown_summary"]
+    assert "| sft | +200.0% | +50.0% |\n" in report["markdown_summary"]
 
 
 def test_write_report_extra_target(tmp_path):

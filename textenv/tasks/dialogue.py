@@ -229,6 +229,9 @@ def dialogue_examples(seed: int = 0, n_eval_helpful: int = 64, n_eval_harmless: 
     train = ([benign(*helpful[int(i)]) for i in h_order[n_eval_helpful:]]
              + [harmless(*harmful[int(i)]) for i in x_order[n_eval_harmless:]])
     train = [train[int(i)] for i in rng.permutation(len(train))]
+    # Interleave the subsets, so that the first k eval prompts hold both (its own generator: the
+    # corpus drawn from ``rng`` afterwards stays the same).
+    evals = [evals[int(i)] for i in np.random.default_rng([seed, 1]).permutation(len(evals))]
     return train, evals, rng
 
 
