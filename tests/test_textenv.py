@@ -3,6 +3,7 @@
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -400,3 +401,12 @@ def test_evaluate_completions_errors_and_missing_references():
     no_refs = [Example("q1"), Example("q2")]
     out = evaluate_completions(task, no_refs, ["a", "b"])
     assert out == {"n": 2.0, "reward": 0.0}  # no RAS without references, no subset without the key
+
+
+@pytest.mark.parametrize("level", ["text", "token"])
+def test_check_env_passes_on_hh_from_a_local_file(level):
+    fixture = Path(__file__).parent / "fixtures" / "hh_sample.jsonl"
+    env = gym.make("textenv/HH-v0", level=level, path=str(fixture), reward="vader")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env)
