@@ -186,6 +186,9 @@ def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) ->
     if len(distinct) == 1:
         text = str(next(iter(per_algo.values()))[0])
         return text + (f" (not set for {', '.join(missing)})" if missing else "")
+    lists = {json.dumps(vs, default=str) for vs in per_algo.values()}
+    if len(lists) == 1 and not missing:  # the same for every algorithm, only differing between tasks
+        return " / ".join(map(str, next(iter(per_algo.values())))) + " (per task, in the order listed above)"
     parts = [f"{a}: {' / '.join(map(str, per_algo[a]))}" for a in algorithms if a in per_algo]
     return "; ".join(parts) + " **(differs)**"
 

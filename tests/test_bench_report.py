@@ -136,3 +136,13 @@ def test_make_plots_without_shares_or_history(tmp_path):
     files = plots.make_plots(rs, tmp_path)
     assert [f.name for f in files] == ["curves_A.png", "final_A.png"]
     assert all(f.read_bytes()[:8] == PNG for f in files)
+
+
+def test_setup_cell_tells_per_task_values_from_uncontrolled_ones():
+    from benchmarks.report import _setup_cell
+
+    same = {"sft": [200, 48], "grao": [200, 48]}
+    assert _setup_cell(same, ["sft", "grao"]) == "200 / 48 (per task, in the order listed above)"
+    differs = {"sft": [200, 48], "grao": [100, 48]}
+    assert _setup_cell(differs, ["sft", "grao"]).endswith("**(differs)**")
+    assert _setup_cell({"sft": [8], "grao": [8]}, ["sft", "grao"]) == "8"
