@@ -17,7 +17,7 @@ import time
 
 
 def _measure(task_id: str, name: str, steps: int, warmup: int, group_size: int, batch_size: int,
-             device: str | None, queue: mp.Queue) -> None:
+             max_new_tokens: int, device: str | None, queue: mp.Queue) -> None:
     import torch
 
     import algos
@@ -28,7 +28,7 @@ def _measure(task_id: str, name: str, steps: int, warmup: int, group_size: int, 
     policy = algos.Policy.from_pretrained(pretrain_tiny(env.unwrapped.task, progress=False), device=device)
     online = "group_size" in algos.get_algorithm(name).config_class.__dataclass_fields__
     extra = {"group_size": group_size} if online else {}
-    agent = algos.make(name, policy, batch_size=batch_size, **extra)
+    agent = algos.make(name, policy, batch_size=batch_size, max_new_tokens=max_new_tokens, **extra)
     agent.learn(env, warmup, progress=False)
     if torch.cuda.is_available() and policy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -55,15 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="generation cap (default: 6 for Arithmetic, 64 otherwise)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
 
+    max_new_tokens = args.max_new_tokens or (6 if "Arithmetic" in args.task else 64)
     ctx = mp.get_context("spawn")
     rows = []
     for name in args.algorithms:
         queue = ctx.Queue()
         proc = ctx.Process(target=_measure, args=(args.task, name, args.steps, args.warmup, args.group_size,
-                                                   args.batch_size, args.device, queue))
+                                                   args.batch_size, max_new_tokens, args.device, queue))
         proc.start()
         proc.join()
         if proc.exitcode != 0:
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         return 1
     base = next((r for r in rows if r["algorithm"] == "sft"), rows[0])
-    print(f"\n{args.task}, batch {args.batch_size} prompts, G = {args.group_size}, {args.steps} steps "
+    print(f"\n{args.task}, batch {args.batch_size} prompts, G = {args.group_size}, "
+          f"max {max_new_tokens} new tokens, {args.steps} steps "
           f"after {args.warmup} warm-up, device {rows[0]['device']}")
     print(f"{'algorithm':10s} {'s/step':>8s} {'x ' + base['algorithm']:>8s} {'trained tok/s':>14s} "
           f"{'generated tok/s':>16s} {'peak MB':>9s}")
