@@ -54,8 +54,9 @@ class GRAO(Agent):
         s = rollout.samples
         prompts, references = [ex.prompt for ex in examples], [ex.reference for ex in examples]
         for _ in range(cfg.num_iterations):
-            sample_logps = self.policy.logprobs(s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
-            ref_logps, ref_mask = self.policy.text_logprobs(prompts, references)
+            sample_logps = self.policy.logprobs(s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
+                                                temperature=cfg.temperature)
+            ref_logps, ref_mask = self.policy.text_logprobs(prompts, references, temperature=cfg.temperature)
             loss, stats = losses.grao_loss(
                 losses.sequence_logprob(sample_logps, s.completion_mask).view_as(rollout.rewards),
                 losses.sequence_logprob(ref_logps, ref_mask), rollout.rewards, rollout.reference_rewards,

@@ -50,12 +50,13 @@ class GRPO(Agent):
         rollout = collect(self.policy, env, draw(env.task.split("train"), cfg.batch_size, rng), cfg, rng)
         s = rollout.samples
         batch = (s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
+        T = cfg.temperature  # log-probs of the distribution the samples came from
         advantages = losses.group_advantages(rollout.rewards, scale=cfg.scale_rewards).flatten()
         with torch.no_grad():
-            ref_logps = self.reference.logprobs(*batch) if self.reference is not None else None
-            old_logps = self.policy.logprobs(*batch) if cfg.num_iterations > 1 else None
+            ref_logps = self.reference.logprobs(*batch, temperature=T) if self.reference is not None else None
+            old_logps = self.policy.logprobs(*batch, temperature=T) if cfg.num_iterations > 1 else None
         for _ in range(cfg.num_iterations):
-            logps = self.policy.logprobs(*batch)
+            logps = self.policy.logprobs(*batch, temperature=T)
             loss, stats = losses.grpo_loss(
                 logps, logps.detach() if old_logps is None else old_logps, advantages, s.completion_mask,
                 ref_logps=ref_logps, beta=cfg.beta, clip_eps=cfg.clip_eps, clip_eps_high=cfg.clip_eps_high,

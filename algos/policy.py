@@ -209,8 +209,11 @@ class Policy:
 
     # ----------------------------------------------------------------- scoring
     def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                 completion_mask: torch.Tensor, return_hidden: bool = False) -> Any:
+                 completion_mask: torch.Tensor, return_hidden: bool = False, temperature: float = 1.0) -> Any:
         """Per-token log-probs ``[M, T]`` of the completion tokens (0 at padding), with gradients.
+
+        ``temperature`` scales the logits as sampling did, so that an on-policy algorithm's
+        log-probs, ratios and KL are those of the distribution its samples came from (as in TRL).
 
         With ``return_hidden`` also the last hidden states at the positions that predict each
         completion token (``[M, T, H]``), which a value head reads.
@@ -223,16 +226,16 @@ class Policy:
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                          output_hidden_states=return_hidden, use_cache=False)
         P, T = prompt_ids.shape[1], completion_ids.shape[1]
-        logits = out.logits[:, P - 1:P - 1 + T].float()
+        logits = out.logits[:, P - 1:P - 1 + T].float() / temperature
         token_logps = torch.gather(logits.log_softmax(-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
         token_logps = token_logps * completion_mask
         if return_hidden:
             return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T]
         return token_logps
 
-    def text_logprobs(self, prompts: Sequence[str], completions: Sequence[str],
-                      max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def text_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_tokens: int | None = None,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and mask of given text completions (EOS appended), with gradients."""
         p_ids, p_mask = self.encode_prompts(prompts)
         c_ids, c_mask = self.encode_completions(completions, max_tokens)
-        return self.logprobs(p_ids, p_mask, c_ids, c_mask), c_mask
+        return self.logprobs(p_ids, p_mask, c_ids, c_mask, temperature=temperature), c_mask

@@ -67,7 +67,7 @@ class PPO(Agent):
         self.kl_coef = state["kl_coef"]
 
     def policy_and_values(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        logps, hidden = self.policy.logprobs(*batch, return_hidden=True)
+        logps, hidden = self.policy.logprobs(*batch, return_hidden=True, temperature=self.config.temperature)
         return logps, self.value_head(hidden.float()).squeeze(-1)
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
@@ -81,7 +81,7 @@ class PPO(Agent):
             scores = (scores - scores.mean()) / (scores.std() + 1e-8)
         with torch.no_grad():
             old_logps, old_values = self.policy_and_values(batch)
-            ref_logps = self.reference.logprobs(*batch)
+            ref_logps = self.reference.logprobs(*batch, temperature=cfg.temperature)
             kl = losses.kl_penalty(old_logps, ref_logps, kind=cfg.kl_kind) * mask
             token_rewards = -self.kl_coef * kl
             last = (mask.sum(-1) - 1).clamp(min=0)

@@ -82,4 +82,5 @@ def test_online_algorithms_raise_the_eval_reward(env, base_path, name, config):
     agent = algos.make(name, policy, batch_size=8, group_size=8, max_new_tokens=6, seed=0, **config)
     agent.learn(env, 300, progress=False)
     after = eval_reward(agent.policy, env)
+    print(f"{name}: {before:.3f} -> {after:.3f}")
     assert after > before + 0.025, (before, after)

@@ -84,3 +84,13 @@ def test_empty_completion_is_just_eos(policy):
     logps, mask = policy.text_logprobs(["abc", "abc"], ["", "d"])
     assert mask.sum(-1).tolist() == [1, 2]
     assert torch.isfinite(logps).all()
+
+
+def test_logprobs_at_a_sampling_temperature(policy):
+    """On-policy algorithms score samples under the distribution they were drawn from: softmax(logits / T)."""
+    logps, mask = policy.text_logprobs(["ab"], ["cd"], temperature=0.5)
+    ids = [policy.tokenizer.bos_token_id, *policy.tokenizer("abcd")["input_ids"], policy.tokenizer.eos_token_id]
+    logits = (policy.model(torch.tensor([ids])).logits[0] / 0.5).log_softmax(-1)
+    expected = torch.stack([logits[t - 1, ids[t]] for t in range(3, len(ids))])
+    torch.testing.assert_close(logps[0], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logps, policy.text_logprobs(["ab"], ["cd"])[0])
