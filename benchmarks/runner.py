@@ -146,8 +146,10 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     evaluation = {"num_prompts": config.eval.prompts, "seed": config.eval.seed + seed,
                   "temperature": config.eval.temperature, "top_p": config.eval.top_p}
     log_dir = out / "tensorboard" / slug(task.id) / algo.name / f"seed{seed}"
-    history += agent.learn(env, budget.steps, eval_env=env, eval_every=config.eval.every,
-                           eval_kwargs=evaluation, log_dir=log_dir, progress=progress)
+    rl_history = agent.learn(env, budget.steps, eval_env=env, eval_every=config.eval.every,
+                             eval_kwargs=evaluation, log_dir=log_dir, progress=progress)
+    # After an SFT warm start the RL steps continue its count, so curves read left to right.
+    history += [{**h, "step": h["step"] + algo.sft_steps} for h in rl_history]
     wall = time.perf_counter() - start
     metrics = agent.evaluate(env, base_completions=base["completions"], **evaluation)
     return {

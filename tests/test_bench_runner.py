@@ -153,3 +153,30 @@ def test_report_from_a_run_directory(tmp_path, base_path, capsys):
     (out / "report.md").unlink()
     assert cli(["report", str(out)]) == 0
     assert (out / "report.md").exists()
+
+
+def test_sft_then_rl_entry(tmp_path, base_path):
+    """`sft_steps` trains SFT first, then the budget's RL steps from there; the record says so."""
+    path = tmp_path / "sft_rl.toml"
+    path.write_text(f"""
+seeds = [0]
+[base]
+model = "{base_path}"
+[budget]
+steps = 2
+prompts_per_step = 2
+group_size = 2
+max_new_tokens = 4
+[eval]
+prompts = 4
+every = 2
+[tasks."textenv/Arithmetic-v0"]
+[algorithms.sft_grao]
+algorithm = "grao"
+sft_steps = 3
+""")
+    (result,) = runner.run(bench_config.load(path), tmp_path / "out", progress=False, log=lambda s: None)
+    assert result["algo"] == "grao" and result["sft_steps"] == 3 and result["optimizer_steps"] == 5
+    assert [h["step"] for h in result["history"]] == [1, 2, 3, 4, 5]
+    assert [h.get("phase") for h in result["history"]] == ["sft"] * 3 + [None] * 2
+    assert "grao/imitation_share" in result["history"][-1] and "eval/reward" in result["history"][-1]
