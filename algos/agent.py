@@ -132,14 +132,6 @@ def make(name: str, policy: Policy, **config: Any) -> Agent:
 
 
 # ---------------------------------------------------------------------------------------------- agent
-def draw(examples: Sequence[textenv.Example], n: int, rng: np.random.Generator) -> list[textenv.Example]:
-    """``n`` examples without replacement (with replacement only when there are fewer than ``n``)."""
-    if not examples:
-        raise ValueError("cannot draw from an empty list of examples")
-    idx = rng.choice(len(examples), size=n, replace=n > len(examples))
-    return [examples[i] for i in idx]
-
-
 class Agent:
     """Common interface: ``act``, ``learn``, ``evaluate``, ``save``/``load``."""
 

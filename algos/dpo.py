@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, draw, register
+from algos.agent import Agent, AgentConfig, ConfigError, register
 
 
 @dataclass
@@ -45,7 +45,7 @@ class DPO(Agent):
         return losses.sequence_logprob(token_logps, mask, normalize=normalize), int(mask.sum())
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
-        pairs = draw(env.task.pairs("train"), self.config.batch_size, rng)
+        pairs = env.sample(self.config.batch_size, rng, "train", require="pair")
         prompts = [ex.prompt for ex in pairs] * 2
         completions = [ex.chosen for ex in pairs] + [ex.rejected for ex in pairs]
         n = len(pairs)

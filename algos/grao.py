@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, draw, register
+from algos.agent import Agent, AgentConfig, ConfigError, register
 from algos.rollout import collect
 
 
@@ -49,7 +49,7 @@ class GRAO(Agent):
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
         cfg = self.config
-        examples = draw(env.task.with_references("train"), cfg.batch_size, rng)
+        examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, reference_rewards=True)
         s = rollout.samples
         prompts, references = [ex.prompt for ex in examples], [ex.reference for ex in examples]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, draw, register
+from algos.agent import Agent, AgentConfig, ConfigError, register
 from algos.rollout import collect
 
 
@@ -47,7 +47,7 @@ class GRPO(Agent):
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
         cfg = self.config
-        rollout = collect(self.policy, env, draw(env.task.split("train"), cfg.batch_size, rng), cfg, rng)
+        rollout = collect(self.policy, env, env.sample(cfg.batch_size, rng, "train"), cfg, rng)
         s = rollout.samples
         batch = (s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
         T = cfg.temperature  # log-probs of the distribution the samples came from

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, draw, register
+from algos.agent import Agent, AgentConfig, register
 
 
 @dataclass
@@ -21,7 +21,7 @@ class SFT(Agent):
     config_class = SFTConfig
 
     def update(self, env, rng: np.random.Generator) -> dict[str, float]:
-        examples = draw(env.task.with_references("train"), self.config.batch_size, rng)
+        examples = env.sample(self.config.batch_size, rng, "train", require="reference")
         logps, mask = self.policy.text_logprobs([ex.prompt for ex in examples],
                                                 [ex.reference for ex in examples])
         loss, stats = losses.sft_loss(logps, mask)

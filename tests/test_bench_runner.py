@@ -10,12 +10,22 @@ from benchmarks import runner
 from benchmarks.__main__ import main as cli
 from benchmarks.stats import FORMULA
 
+ALGORITHMS = """
+[algorithms.sft]
+[algorithms.grao]
+lr = {grao_lr}
+[algorithms.grao_no_imitation]
+algorithm = "grao"
+imitation = false
+"""
 
-def write_config(tmp_path, base_path, extra: str = "", grao_lr: float = 1e-3) -> str:
-    path = tmp_path / "tiny.toml"
+
+def write_config(tmp_path, base_path, grao_lr: float = 1e-3, seeds: str = "[0, 1]", every: int = 1,
+                 algorithms: str = ALGORITHMS, name: str = "tiny.toml") -> str:
+    path = tmp_path / name
     path.write_text(f"""
 title = "runner test"
-seeds = [0, 1]
+seeds = {seeds}
 [base]
 model = "{base_path}"
 [budget]
@@ -25,15 +35,9 @@ group_size = 2
 max_new_tokens = 4
 [eval]
 prompts = 4
-every = 1
+every = {every}
 [tasks."textenv/Arithmetic-v0"]
-[algorithms.sft]
-[algorithms.grao]
-lr = {grao_lr}
-[algorithms.grao_no_imitation]
-algorithm = "grao"
-imitation = false
-{extra}""")
+{algorithms.format(grao_lr=grao_lr)}""")
     return str(path)
 
 
@@ -157,20 +161,7 @@ def test_report_from_a_run_directory(tmp_path, base_path, capsys):
 
 def test_sft_then_rl_entry(tmp_path, base_path):
     """`sft_steps` trains SFT first, then the budget's RL steps from there; the record says so."""
-    path = tmp_path / "sft_rl.toml"
-    path.write_text(f"""
-seeds = [0]
-[base]
-model = "{base_path}"
-[budget]
-steps = 2
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 4
-[eval]
-prompts = 4
-every = 2
-[tasks."textenv/Arithmetic-v0"]
+    path = write_config(tmp_path, base_path, seeds="[0]", every=2, name="sft_rl.toml", algorithms="""
 [algorithms.sft_grao]
 algorithm = "grao"
 sft_steps = 3

@@ -410,3 +410,15 @@ def test_check_env_passes_on_hh_from_a_local_file(level):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_env(env)
+
+
+def test_sample_can_require_references_or_pairs():
+    task = Task("Mixed-v0", {"train": [Example("a", reference="x"), Example("b", chosen="y", rejected="z"),
+                                       Example("c")]}, reward=lambda p, c, references=None: [0.0] * len(c))
+    env = TextGenEnv(task)
+    rng = np.random.default_rng(0)
+    assert {ex.prompt for ex in env.sample(5, rng, require="reference")} == {"a"}
+    assert {ex.prompt for ex in env.sample(5, rng, require="pair")} == {"b"}
+    assert {ex.prompt for ex in env.sample(3, rng)} == {"a", "b", "c"}  # without replacement: each once
+    with pytest.raises(ValueError, match=r"Mixed-v0: sample\(require='refs'\) must be None, 'reference' or 'pair'"):
+        env.sample(1, rng, require="refs")

@@ -37,9 +37,18 @@ class TaskScoring:
         """The registered id when made through ``make``, else the task's name: every error carries it."""
         return self.spec.id if getattr(self, "spec", None) is not None else self.task.name
 
-    def sample(self, n: int, rng: np.random.Generator, split: str | None = None) -> list[Example]:
-        """``n`` examples of ``split``, without replacement when the split is large enough."""
-        examples = self.task.split(split or self.split)
+    def sample(self, n: int, rng: np.random.Generator, split: str | None = None,
+               require: str | None = None) -> list[Example]:
+        """``n`` examples of ``split``, without replacement when the split is large enough.
+
+        ``require="reference"`` draws only examples with a reference answer (SFT, GRAO), and
+        ``require="pair"`` only those with a (chosen, rejected) pair (DPO).
+        """
+        split = split or self.split
+        if require not in (None, "reference", "pair"):
+            raise ValueError(f"{self.env_id}: sample(require={require!r}) must be None, 'reference' or 'pair'")
+        examples = {None: self.task.split, "reference": self.task.with_references,
+                    "pair": self.task.pairs}[require](split)
         if n < 1:
             raise ValueError(f"{self.env_id}: sample(n={n}) needs n >= 1")
         idx = rng.choice(len(examples), size=n, replace=n > len(examples))
