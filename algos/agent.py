@@ -10,6 +10,7 @@ replays exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import shutil
 import time
@@ -117,8 +118,6 @@ def list_algorithms() -> list[str]:
 
 def get_algorithm(name: str) -> type[Agent]:
     if name not in _ALGORITHMS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(_ALGORITHMS), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"unknown algorithm {name!r}{hint} Known: {', '.join(list_algorithms())}")
@@ -139,13 +138,12 @@ class Agent:
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
 
     def __init__(self, policy: Policy, config: AgentConfig | None = None, **overrides: Any):
-        if config is None:
-            config = self.config_class.from_dict(overrides, where=type(self).__name__)
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        if not isinstance(config, self.config_class):
+        if config is not None and not isinstance(config, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                               f"got {type(config).__name__}")
+        if config is None or overrides:  # overrides are checked like any other config value
+            base = config.to_dict() if config is not None else {}
+            config = self.config_class.from_dict({**base, **overrides}, where=type(self).__name__)
         self.policy, self.config = policy, config
         self.step = 0
         self.history: list[dict[str, float]] = []

@@ -124,3 +124,12 @@ def test_online_algorithms_take_a_pairwise_judge(name):
     assert np.isfinite(record["loss"]) and -1 <= record["reward/mean"] <= 1
     if name == "grao":
         assert record["reward/reference_mean"] == 0.0
+
+
+def test_constructor_overrides_are_validated_too():
+    agent = algos.GRAO(random_policy(), algos.GRAOConfig(lr=1e-3), beta=0.25)
+    assert agent.config.lr == 1e-3 and agent.config.beta == 0.25
+    with pytest.raises(ConfigError, match=r"GRAOConfig.beta.* must be float, got str"):
+        algos.GRAO(random_policy(), algos.GRAOConfig(), beta="high")
+    with pytest.raises(ConfigError, match="GRAO needs a GRAOConfig, got SFTConfig"):
+        algos.GRAO(random_policy(), algos.SFTConfig())
