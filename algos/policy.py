@@ -161,7 +161,7 @@ class Policy:
             raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
         config = GenerationConfig(
             do_sample=not greedy, temperature=temperature if not greedy else None,
-            top_p=top_p if not greedy else None, top_k=None if not greedy else None,
+            top_p=top_p if not greedy else None, top_k=None,  # no hidden top-k: log-probs must match sampling
             max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
             eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id, use_cache=True,

@@ -94,3 +94,15 @@ def test_logprobs_at_a_sampling_temperature(policy):
     expected = torch.stack([logits[t - 1, ids[t]] for t in range(3, len(ids))])
     torch.testing.assert_close(logps[0], expected, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(logps, policy.text_logprobs(["ab"], ["cd"])[0])
+
+
+def test_sampling_has_no_hidden_top_k(tmp_path):
+    """HF's default top_k=50 would make samples disagree with the log-probs the algorithms train on."""
+    policy = random_policy()
+    with torch.no_grad():
+        policy.model.lm_head.weight.zero_()  # uniform next-token distribution
+    policy.save(tmp_path / "uniform")
+    loaded = Policy.from_pretrained(tmp_path / "uniform")
+    s = loaded.generate(["a"], num_samples=2000, max_new_tokens=1, temperature=1.0, seed=0)
+    assert len(set(s.completion_ids[:, 0].tolist())) > 200  # of 258 tokens (pad is never sampled)
+    assert policy.tokenizer.pad_token_id not in s.completion_ids[:, 0].tolist()
