@@ -203,6 +203,10 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
         kwargs = table.pop("kwargs", {})
         if not isinstance(kwargs, dict):
             raise _fail(where, f"[{section}] kwargs must be a table")
+        try:
+            textenv.check_task_kwargs(task_id, **kwargs)
+        except textenv.TaskError as err:
+            raise _fail(where, f"[{section}] kwargs: {err}") from err
         tasks.append(TaskSpec(task_id, _dataclass_from(Budget, table, where, section, defaults=budget), kwargs))
 
     algo_table = raw.get("algorithms")

@@ -171,3 +171,11 @@ sft_steps = 3
     assert [h["step"] for h in result["history"]] == [1, 2, 3, 4, 5]
     assert [h.get("phase") for h in result["history"]] == ["sft"] * 3 + [None] * 2
     assert "grao/imitation_share" in result["history"][-1] and "eval/reward" in result["history"][-1]
+
+
+def test_task_kwargs_are_checked_against_the_task(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[tasks."textenv/Arithmetic-v0"]\nkwargs = { max_opernd = 9 }\n[algorithms.sft]')
+    message = r"bad.toml: \[tasks.\"textenv/Arithmetic-v0\"\] kwargs: .*'max_opernd'.*takes: .*max_operand"
+    with pytest.raises(bench_config.BenchConfigError, match=message):
+        bench_config.load(path)

@@ -422,3 +422,8 @@ def test_sample_can_require_references_or_pairs():
     assert {ex.prompt for ex in env.sample(3, rng)} == {"a", "b", "c"}  # without replacement: each once
     with pytest.raises(ValueError, match=r"Mixed-v0: sample\(require='refs'\) must be None, 'reference' or 'pair'"):
         env.sample(1, rng, require="refs")
+
+
+def test_unknown_task_argument_names_the_task_and_its_parameters():
+    with pytest.raises(TaskError, match=r"textenv/Arithmetic-v0: bad task arguments \['n_evl'\].*takes: .*n_eval"):
+        textenv.make("textenv/Arithmetic-v0", n_evl=3)

@@ -17,6 +17,7 @@ from textenv.metrics import evaluate_completions
 from textenv.registry import (
     ENTRY_POINT_GROUP,
     EnvNotFound,
+    check_task_kwargs,
     list_envs,
     load_plugins,
     make,
@@ -39,6 +40,7 @@ __all__ = [
     "TextSpace",
     "TextVectorEnv",
     "TokenEnv",
+    "check_task_kwargs",
     "columns_of",
     "evaluate_completions",
     "hf_dataset",

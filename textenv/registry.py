@@ -34,6 +34,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib.metadata
+import inspect
 import warnings
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -64,7 +65,29 @@ def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return env_kw, {k: v for k, v in kwargs.items() if k not in ENV_OPTIONS}
 
 
+def _check_arguments(env_id: str, factory: Callable[..., Task], task_kw: dict[str, Any]) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or C callable: let the call itself complain
+        return
+    try:
+        signature.bind(**task_kw)
+    except TypeError as err:
+        names = [n for n, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        raise TaskError(f"{env_id}: bad task arguments {sorted(task_kw)} ({err}); the task takes: "
+                        f"{', '.join(names)} (env options: {', '.join(sorted(ENV_OPTIONS))})") from None
+
+
+def check_task_kwargs(id: str, **kwargs: Any) -> None:
+    """Raise a TaskError naming the key when ``kwargs`` do not fit the task factory behind ``id``."""
+    id = resolve_id(id)
+    factory, defaults = _ENVS[id]
+    _, task_kw = _split_kwargs({**defaults, **kwargs})
+    _check_arguments(id, factory, task_kw)
+
+
 def _build_task(env_id: str, factory: Callable[..., Task], task_kw: dict[str, Any]) -> Task:
+    _check_arguments(env_id, factory, task_kw)
     task = factory(**task_kw)
     if not isinstance(task, Task):
         raise TaskError(f"{env_id}: the task factory {factory!r} returned {type(task).__name__}, "
