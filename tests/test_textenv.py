@@ -427,3 +427,9 @@ def test_sample_can_require_references_or_pairs():
 def test_unknown_task_argument_names_the_task_and_its_parameters():
     with pytest.raises(TaskError, match=r"textenv/Arithmetic-v0: bad task arguments \['n_evl'\].*takes: .*n_eval"):
         textenv.make("textenv/Arithmetic-v0", n_evl=3)
+
+
+def test_an_option_of_the_other_level_is_an_error():
+    with pytest.raises(TaskError, match=r"option\(s\) \['max_new_tokens'\] do not apply to level='text'"):
+        textenv.make("textenv/Arithmetic-v0", max_new_tokens=6)
+    assert isinstance(textenv.make("textenv/Arithmetic-v0", level="token", max_new_tokens=6), TokenEnv)

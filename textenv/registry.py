@@ -8,7 +8,7 @@
 ``defaults`` (and the keyword arguments of ``make``) go to the task factory, except the environment
 options ``level`` ("text" | "token"), ``split``, ``max_length``, ``render_mode``, ``tokenizer``,
 ``max_prompt_tokens``, ``max_new_tokens``, ``add_bos`` and ``task`` (a prebuilt ``Task``, which skips
-the factory). Options that do not apply to the chosen level are ignored. The envs are registered
+the factory). An option that does not apply to the chosen level is an error. The envs are registered
 without Gymnasium's checker and order-enforcing wrappers: the env checks its own inputs, and
 ``gymnasium.utils.env_checker.check_env`` passes on every built-in env (tests/test_textenv.py), so
 ``make`` returns the env itself and its batched API (``env.sample``, ``env.score``) is in reach.
@@ -104,11 +104,13 @@ def _create_env(env_id: str, factory: Callable[..., Task], **kwargs: Any) -> gym
         task = _build_task(env_id, factory, task_kw)
     elif task_kw:
         raise TaskError(f"{env_id}: got task= and task arguments {sorted(task_kw)}; pass one or the other")
-    if level == "text":
-        return TextGenEnv(task, **{k: v for k, v in env_kw.items() if k in TEXT_OPTIONS})
-    if level == "token":
-        return TokenEnv(task, **{k: v for k, v in env_kw.items() if k in TOKEN_OPTIONS})
-    raise TaskError(f"{env_id}: level must be 'text' or 'token', got {level!r}")
+    if level not in ("text", "token"):
+        raise TaskError(f"{env_id}: level must be 'text' or 'token', got {level!r}")
+    allowed = TEXT_OPTIONS if level == "text" else TOKEN_OPTIONS
+    if set(env_kw) - allowed:
+        raise TaskError(f"{env_id}: option(s) {sorted(set(env_kw) - allowed)} do not apply to level={level!r}; "
+                        f"its options: {', '.join(sorted(allowed))}")
+    return (TextGenEnv if level == "text" else TokenEnv)(task, **env_kw)
 
 
 def _create_vector_env(env_id: str, factory: Callable[..., Task], num_envs: int = 1, group_size: int = 1,
