@@ -85,7 +85,7 @@ class PPO(Agent):
             kl = losses.kl_penalty(old_logps, ref_logps, kind=cfg.kl_kind) * mask
             token_rewards = -self.kl_coef * kl
             last = (mask.sum(-1) - 1).clamp(min=0)
-            token_rewards[torch.arange(len(last)), last] += scores
+            token_rewards[torch.arange(len(last), device=last.device), last] += scores
             advantages, returns = losses.gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
             advantages = losses.masked_whiten(advantages, mask)
 
