@@ -7,6 +7,7 @@ fixes the contract and refuses anything outside {-1, 0, 1}, naming the judge and
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from numbers import Real
@@ -15,6 +16,17 @@ from typing import Any
 import numpy as np
 
 from rewards.registry import RewardError, register, resolve
+
+
+def _keyword_names(fn: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments ``fn`` takes besides the first three; None when it takes ``**kwargs``."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return set()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params[3:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _judge_name(fn: Any) -> str:
@@ -27,6 +39,8 @@ class PairwiseJudge:
 
     With ``batched=True`` the judge is called once as ``judge_fn(prompts, completions, references)``
     and returns a sequence (one verdict per row), which suits an LLM judge served in batches.
+    Dataset columns (``Example.meta``) reach the judge as keyword arguments when it names them or
+    takes ``**kwargs``: whole lists when batched, the row's value otherwise.
     """
 
     pairwise = True
@@ -36,6 +50,7 @@ class PairwiseJudge:
             raise RewardError(f"pairwise_judge: judge_fn must be callable, got {type(judge_fn).__name__}")
         self.judge_fn, self.batched = judge_fn, batched
         self.name = name or _judge_name(judge_fn)
+        self._accepts = _keyword_names(judge_fn)
 
     def _verdict(self, value: Any, i: int) -> float:
         ok = isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
@@ -51,12 +66,14 @@ class PairwiseJudge:
         for i, ref in enumerate(references):
             if ref is None:
                 raise RewardError(f"judge {self.name!r} needs a reference, but reference {i} is None")
+        columns = {k: v for k, v in columns.items() if self._accepts is None or k in self._accepts}
         if self.batched:
-            verdicts = list(self.judge_fn(list(prompts), list(completions), list(references)))
+            verdicts = list(self.judge_fn(list(prompts), list(completions), list(references), **columns))
             if len(verdicts) != n:
                 raise RewardError(f"judge {self.name!r} returned {len(verdicts)} verdicts for {n} completions")
         else:
-            verdicts = [self.judge_fn(p, c, r) for p, c, r in zip(prompts, completions, references, strict=True)]
+            verdicts = [self.judge_fn(p, c, r, **{k: v[i] for k, v in columns.items()})
+                        for i, (p, c, r) in enumerate(zip(prompts, completions, references, strict=True))]
         return np.array([self._verdict(v, i) for i, v in enumerate(verdicts)])
 
     @classmethod

@@ -441,3 +441,19 @@ def test_scaled_and_clipped():
         rewards.get("clipped", reward=length, low=2, high=1)
     with pytest.raises(RewardError, match=r"clipped: give low, high or both"):
         rewards.get("clipped", reward=length)
+
+
+def test_pairwise_judge_receives_the_columns_it_names():
+    def per_row(prompt, completion, reference, *, target):
+        return 1 if target in completion else -1
+
+    def batched(prompts, completions, references, **columns):
+        return [1 if t in c else 0 for c, t in zip(completions, columns["target"], strict=True)]
+
+    prompts, completions, refs = ["p", "q"], ["has x", "none"], ["r", "r"]
+    per_row_judge = rewards.get("pairwise_judge", judge_fn=per_row)
+    assert per_row_judge(prompts, completions, refs, target=["x", "y"], other=[1, 2]).tolist() == [1.0, -1.0]
+    batched_judge = rewards.get("pairwise_judge", judge_fn=batched, batched=True)
+    assert batched_judge(prompts, completions, refs, target=["x", "n"]).tolist() == [1.0, 1.0]
+    plain = rewards.get("pairwise_judge", judge_fn=lambda p, c, r: 0)  # names no column: gets none
+    assert plain(prompts, completions, refs, target=["x", "y"]).tolist() == [0.0, 0.0]

@@ -125,24 +125,17 @@ def _scores(texts: Sequence[str], facts: Sequence[Sequence[str]], subset: Sequen
 
 
 class DialogueJudge(PairwiseJudge):
-    """R(o, y) = sign(score(o) - score(y)): a PairwiseJudge reading the ``facts`` and ``subset`` columns."""
+    """R(o, y) = sign(score(o) - score(y)), reading the ``facts`` and ``subset`` columns of Example.meta."""
 
     def __init__(self, redirect: bool = True):
         super().__init__(self._judge, batched=True, name="dialogue_judge")
         self.redirect = redirect
 
-    def _judge(self, prompts: list[str], completions: list[str], references: list[str]) -> list[int]:
-        raise RewardError("dialogue_judge needs the 'facts' and 'subset' columns (Example.meta)")
-
-    def __call__(self, prompts: Sequence[str], completions: Sequence[str],
-                 references: Sequence[str | None] | None = None, *, facts: Sequence[Sequence[str]] | None = None,
-                 subset: Sequence[str] | None = None, **columns: Any) -> np.ndarray:
+    def _judge(self, prompts: list[str], completions: list[str], references: list[str], *,
+               facts: Sequence[Sequence[str]] | None = None, subset: Sequence[str] | None = None) -> np.ndarray:
         if facts is None or subset is None:
-            return super().__call__(prompts, completions, references)
-        if references is None or any(r is None for r in references):
-            raise RewardError("dialogue_judge compares with the reference answer, but a reference is None")
-        diff = (_scores(completions, facts, subset, self.redirect)
-                - _scores(references, facts, subset, self.redirect))  # type: ignore[arg-type]
+            raise RewardError("dialogue_judge needs the 'facts' and 'subset' columns (Example.meta)")
+        diff = _scores(completions, facts, subset, self.redirect) - _scores(references, facts, subset, self.redirect)
         return np.sign(np.where(np.abs(diff) < 1e-9, 0.0, diff))
 
 
