@@ -52,11 +52,13 @@ class GRAO(Agent):
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, reference_rewards=True)
         s = rollout.samples
-        prompts, references = [ex.prompt for ex in examples], [ex.reference for ex in examples]
+        reference = (*self.policy.encode_prompts([ex.prompt for ex in examples]),
+                     *self.policy.encode_completions([ex.reference for ex in examples]))
+        ref_mask = reference[3]
         for _ in range(cfg.num_iterations):
             sample_logps = self.policy.logprobs(s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
                                                 temperature=cfg.temperature)
-            ref_logps, ref_mask = self.policy.text_logprobs(prompts, references, temperature=cfg.temperature)
+            ref_logps = self.policy.logprobs(*reference, temperature=cfg.temperature)
             loss, stats = losses.grao_loss(
                 losses.sequence_logprob(sample_logps, s.completion_mask).view_as(rollout.rewards),
                 losses.sequence_logprob(ref_logps, ref_mask), rollout.rewards, rollout.reference_rewards,
