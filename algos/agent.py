@@ -1,10 +1,15 @@
 """The Agent interface every algorithm implements, its registry and validated configs.
 
-An algorithm subclasses :class:`Agent`, declares a config dataclass, and writes ``update(env, rng)``:
-one training step (sample or read data, compute the loss, call ``self.optimize``). Everything around
-it is shared: the training loop with progress, TensorBoard and JSONL logging, evaluation, saving,
-checkpoints and resume. Each step draws its randomness from ``(seed, step)``, so a resumed run
-replays exactly what an uninterrupted one would have done.
+An algorithm subclasses :class:`Agent`, declares a config dataclass and writes two methods:
+``make_batch(env, rng)`` says how a step's data is made (sampling, scoring, advantages, reference
+log-probs; it runs without gradients) and ``loss(batch, totals)`` gives the loss of one micro-batch.
+The shared step owns the optimisation: the repeat schedule (``num_iterations`` passes of
+``num_minibatches`` optimiser steps), micro-batches with gradient accumulation, clipping and stepping.
+A :class:`Batch` is split by whole prompt groups only, and every loss is normalised by the totals of
+the whole optimiser step (:class:`StepTotals`), so a step in micro-batches equals the full-batch step.
+Everything else is shared too: the training loop with progress, TensorBoard and JSONL logging,
+evaluation, saving, checkpoints and resume. Each step draws its randomness from ``(seed, step)``, so
+a resumed run replays exactly what an uninterrupted one would have done.
 """
 
 from __future__ import annotations
@@ -12,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import shutil
 import time
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -24,13 +31,18 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
+from transformers import get_scheduler
 
 import textenv
-from algos.policy import Policy
+from algos.policy import EncodedBatch, Policy, reading
 
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key and lists the valid ones."""
+
+
+class AlgorithmNotFound(ValueError):
+    """No algorithm is registered under that name; the message suggests close names."""
 
 
 # ---------------------------------------------------------------------------------------------- configs
@@ -38,24 +50,40 @@ class ConfigError(ValueError):
 class AgentConfig:
     """Hyperparameters every algorithm shares. Defaults suit the tiny CPU models."""
 
-    seed: int = 0
-    lr: float = 3e-4
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 0
-    batch_size: int = 8  # prompts (or pairs) per optimiser step
-    max_new_tokens: int = 16
-    temperature: float = 0.7
-    top_p: float = 1.0
+    seed: int = 0  # every step's randomness comes from (seed, step)
+    lr: float = 3e-4  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient-norm clipping before each optimiser step
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many training steps
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"  # decay after warm-up, to learn()'s end
+    batch_size: int = 8  # prompts (or pairs) per training step
+    max_new_tokens: int = 16  # length cap of sampled completions
+    temperature: float = 0.7  # sampling temperature (online algorithms also score at it)
+    top_p: float = 1.0  # nucleus sampling
+    num_iterations: int = 1  # optimisation passes over each batch (GRPO's mu, PPO's epochs)
+    num_minibatches: int = 1  # optimiser steps per pass, each on an equal share of the prompt groups
+    micro_batch_size: int | None = None  # prompt groups per forward/backward (gradient accumulation); None = all
 
     def __post_init__(self) -> None:
-        positive = [f.name for f in dataclasses.fields(self)
-                    if f.name in {"lr", "batch_size", "max_new_tokens", "temperature", "top_p", "max_grad_norm"}]
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{type(self).__name__}.{name} must be > 0, got {getattr(self, name)}")
+        name = type(self).__name__
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name}.{field.name} must be a finite number, got {value}")
+        for key in ("seed", "warmup_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("lr", "batch_size", "max_new_tokens", "temperature", "top_p", "max_grad_norm"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{name}.{key} must be > 0, got {getattr(self, key)}")
         if self.top_p > 1:
-            raise ConfigError(f"{type(self).__name__}.top_p must be <= 1, got {self.top_p}")
+            raise ConfigError(f"{name}.top_p must be <= 1, got {self.top_p}")
+        for key in ("num_iterations", "num_minibatches", "micro_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_minibatches > self.batch_size:
+            raise ConfigError(f"{name}.num_minibatches ({self.num_minibatches}) must be <= batch_size "
+                              f"({self.batch_size}): each minibatch needs a prompt group")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str | None = None) -> AgentConfig:
@@ -75,24 +103,33 @@ class AgentConfig:
 
 
 def _check_type(owner: str, key: str, value: Any, hint: Any, where_txt: str) -> None:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise ConfigError(f"{owner}.{key}{where_txt} must be one of {list(typing.get_args(hint))}, "
-                              f"got {value!r}")
-        return
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return
-        hint = next(a for a in args if a is not type(None))
-    ok = {bool: lambda v: isinstance(v, bool),
-          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-          float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-          str: lambda v: isinstance(v, str)}.get(hint, lambda v: True)
-    if not ok(value):
-        name = getattr(hint, "__name__", str(hint))
-        raise ConfigError(f"{owner}.{key}{where_txt} must be {name}, got {type(value).__name__} {value!r}")
+    if not _accepts(hint, value):
+        expected = " or ".join(_describe(h) for h in _arms(hint))
+        raise ConfigError(f"{owner}.{key}{where_txt} must be {expected}, got {type(value).__name__} {value!r}")
+
+
+def _arms(hint: Any) -> tuple[Any, ...]:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    if len(arms := _arms(hint)) > 1:
+        return any(_accepts(arm, value) for arm in arms)
+    if hint is type(None):
+        return value is None
+    if typing.get_origin(hint) is Literal:
+        return value in typing.get_args(hint) and not isinstance(value, bool)
+    checks = {bool: lambda v: isinstance(v, bool),
+              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+              str: lambda v: isinstance(v, str)}
+    return checks.get(hint, lambda v: True)(value)
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) is Literal:
+        return f"one of {list(typing.get_args(hint))}"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -100,7 +137,10 @@ _ALGORITHMS: dict[str, type[Agent]] = {}
 
 
 def register(name: str) -> Callable[[type[Agent]], type[Agent]]:
-    """Class decorator: make an Agent subclass available as ``algos.make(name, ...)``."""
+    """Class decorator: make an Agent subclass available as ``algos.make(name, ...)``.
+
+    Run ``algos.check_agent(name)`` on a new algorithm: it checks the Agent contract.
+    """
 
     def decorator(cls: type[Agent]) -> type[Agent]:
         if name in _ALGORITHMS:
@@ -112,6 +152,12 @@ def register(name: str) -> Callable[[type[Agent]], type[Agent]]:
     return decorator
 
 
+def unregister(name: str) -> None:
+    """Remove a registered algorithm (e.g. one a test or notebook defined)."""
+    get_algorithm(name)
+    del _ALGORITHMS[name]
+
+
 def list_algorithms() -> list[str]:
     return sorted(_ALGORITHMS)
 
@@ -120,7 +166,7 @@ def get_algorithm(name: str) -> type[Agent]:
     if name not in _ALGORITHMS:
         close = difflib.get_close_matches(name, list(_ALGORITHMS), n=3, cutoff=0.4)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(f"unknown algorithm {name!r}{hint} Known: {', '.join(list_algorithms())}")
+        raise AlgorithmNotFound(f"unknown algorithm {name!r}{hint} Known: {', '.join(list_algorithms())}")
     return _ALGORITHMS[name]
 
 
@@ -128,6 +174,72 @@ def make(name: str, policy: Policy, **config: Any) -> Agent:
     """``algos.make("grao", policy, lr=1e-5, group_size=8)``."""
     cls = get_algorithm(name)
     return cls(policy, cls.config_class.from_dict(config, where=f"algos.make({name!r})"))
+
+
+# ---------------------------------------------------------------------------------------------- batches
+class Batch:
+    """One training step's data, made without gradients by ``Agent.make_batch``.
+
+    Fields are tensors or :class:`EncodedBatch` es (or None) whose first dimension is ``groups`` times
+    a per-field number of rows: GRPO's samples have G rows per prompt group, GRAO's answers one, DPO's
+    pairs two. ``select`` keeps groups whole, so statistics computed per group in ``make_batch``
+    (advantages, whitening) never change when the step is split into minibatches or micro-batches.
+    ``stats`` are logged with the step.
+    """
+
+    def __init__(self, groups: int, stats: dict[str, float] | None = None, **fields: Any):
+        for name, value in fields.items():
+            if value is not None and len(value) % groups:
+                raise ValueError(f"Batch field {name!r} has {len(value)} rows, not a multiple of {groups} groups")
+        self.groups, self.stats, self.fields = groups, dict(stats or {}), fields
+
+    def __getattr__(self, name: str) -> Any:
+        fields = self.__dict__.get("fields", {})
+        if name not in fields:
+            raise AttributeError(f"Batch has no field {name!r}; fields: {', '.join(fields)}")
+        return fields[name]
+
+    def select(self, groups: Sequence[int] | np.ndarray) -> Batch:
+        """The rows of the given prompt groups, in that order."""
+        groups = torch.as_tensor(np.asarray(groups, dtype=np.int64))
+        picked = {}
+        for name, value in self.fields.items():
+            if value is not None:
+                per_group = len(value) // self.groups
+                rows = (groups[:, None] * per_group + torch.arange(per_group)).flatten()
+                value = value[rows.to(_device_of(value))]
+            picked[name] = value
+        return Batch(len(groups), self.stats, **picked)
+
+    def split(self, groups_per_part: int | None) -> list[Batch]:
+        """Consecutive parts of at most ``groups_per_part`` groups (the whole batch when None)."""
+        if groups_per_part is None or groups_per_part >= self.groups:
+            return [self]
+        return [self.select(range(i, min(i + groups_per_part, self.groups)))
+                for i in range(0, self.groups, groups_per_part)]
+
+    def encoded(self) -> dict[str, EncodedBatch]:
+        return {k: v for k, v in self.fields.items() if isinstance(v, EncodedBatch)}
+
+
+def _device_of(value: Any) -> torch.device:
+    return value.prompt_ids.device if isinstance(value, EncodedBatch) else value.device
+
+
+@dataclasses.dataclass(frozen=True)
+class StepTotals:
+    """Counts over the whole optimiser step that losses normalise by (``groups``; per encoded field, its
+    ``rows`` and completion ``tokens``), so the micro-batch losses of a step sum to the step's loss."""
+
+    groups: int
+    rows: dict[str, int]
+    tokens: dict[str, int]
+
+    @classmethod
+    def of(cls, batch: Batch) -> StepTotals:
+        encoded = batch.encoded()
+        return cls(batch.groups, {k: len(v) for k, v in encoded.items()},
+                   {k: v.num_tokens for k, v in encoded.items()})
 
 
 # ---------------------------------------------------------------------------------------------- agent
@@ -151,8 +263,7 @@ class Agent:
         self.setup()
         params = policy.parameters() + [p for m in self.modules().values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / (config.warmup_steps + 1)))
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # made by learn(total_steps)
 
     # --- what an algorithm writes -------------------------------------------------------------
     def setup(self) -> None:
@@ -169,22 +280,66 @@ class Agent:
     def load_state(self, state: dict[str, Any]) -> None:
         """Inverse of ``state``."""
 
-    def update(self, env: textenv.TextGenEnv, rng: np.random.Generator) -> dict[str, float]:
-        """One training step; returns statistics to log."""
+    def make_batch(self, env: textenv.TextGenEnv, rng: np.random.Generator) -> Batch:
+        """A training step's data (runs under ``torch.no_grad``): sample, score, compute advantages."""
         raise NotImplementedError
 
-    # --- shared machinery ---------------------------------------------------------------------
-    def optimize(self, loss: torch.Tensor) -> float:
-        """Backward, clip, step. Returns the gradient norm before clipping."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: loss is {loss.item()} at step {self.step}")
+    def loss(self, batch: Batch, totals: StepTotals) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss of one micro-batch, normalised by the whole step's ``totals``, and stats to log."""
+        raise NotImplementedError
+
+    # --- the shared step ----------------------------------------------------------------------
+    def update(self, env: textenv.TextGenEnv, rng: np.random.Generator) -> dict[str, float]:
+        """One training step: make a batch, then ``num_iterations`` passes of ``num_minibatches``
+        optimiser steps over it (a fresh order of the groups each pass when there are minibatches)."""
+        cfg = self.config
+        with torch.no_grad():
+            batch = self.make_batch(env, rng)
+        stats: dict[str, float] = {}
+        for _ in range(cfg.num_iterations):
+            if cfg.num_minibatches == 1:
+                stats = self.optimizer_step(batch)
+                continue
+            for part in np.array_split(rng.permutation(batch.groups), cfg.num_minibatches):
+                stats = self.optimizer_step(batch.select(part))
+        trained = sum(enc.num_tokens for enc in batch.encoded().values()) * cfg.num_iterations
+        return {**stats, **batch.stats, "tokens/trained": float(trained)}
+
+    def optimizer_step(self, batch: Batch) -> dict[str, float]:
+        """Accumulate the gradients of ``batch`` in micro-batches, clip, step. Returns the step's loss,
+        gradient norm (before clipping) and the loss stats, averaged over micro-batches by group count."""
+        totals = StepTotals.of(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, weighted = 0.0, {}
+        for micro in batch.split(self.config.micro_batch_size):
+            loss, stats = self.loss(micro, totals)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.name}: loss is {loss.item()} at step {self.step}")
+            loss.backward()
+            loss_sum += loss.item()
+            for key, value in stats.items():
+                weighted[key] = weighted.get(key, 0.0) + value * micro.groups / batch.groups
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
-        return float(norm)
+        return {**weighted, "loss": loss_sum, "grad_norm": float(norm)}
 
+    def _lr_schedule(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """transformers' schedule over ``total_steps`` training steps, advanced to the current step (the
+        learning rate is a function of the step, so a resumed run follows the same schedule)."""
+        cfg = self.config
+        name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
+        for group in self.optimizer.param_groups:  # a new schedule starts from the configured rate
+            group["lr"] = group.get("initial_lr", group["lr"])
+        scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                  num_training_steps=total_steps)
+        with warnings.catch_warnings():  # stepping a schedule before the optimiser is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(self.step):
+                scheduler.step()
+        return scheduler
+
+    # --- shared machinery ---------------------------------------------------------------------
     def act(self, prompts: Sequence[str], **generation: Any) -> list[str]:
         """Completions for ``prompts``; keyword arguments override the config's sampling settings."""
         settings = {"temperature": self.config.temperature, "top_p": self.config.top_p,
@@ -198,7 +353,7 @@ class Agent:
         ``base_completions`` (the base model's, on the same prompts) add NAG; ``generation`` overrides
         the sampling settings (e.g. ``greedy=True``).
         """
-        task_env = env.unwrapped
+        task_env = textenv.batched(env)
         examples = task_env.task.split(split)[:num_prompts]
         completions = self.act([ex.prompt for ex in examples], seed=seed, **generation)
         return textenv.evaluate_completions(task_env, examples, completions, base_completions)
@@ -207,7 +362,7 @@ class Agent:
     def reference_nll(self, env: Any, *, split: str = "eval", num_prompts: int | None = None,
                       batch_size: int = 32) -> float:
         """Mean per-token negative log-likelihood of the reference answers of ``split``."""
-        examples = env.unwrapped.task.with_references(split)[:num_prompts]
+        examples = textenv.batched(env).task.with_references(split)[:num_prompts]
         total = tokens = 0.0
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
@@ -224,13 +379,17 @@ class Agent:
         """Train until ``self.step == total_steps``; returns the history (one record per step).
 
         Every ``eval_every`` steps (and at the end) ``evaluate(eval_env, **eval_kwargs)`` adds
-        ``eval/*`` entries to the step's record.
+        ``eval/*`` entries to the step's record. ``env`` may be wrapped: training rewards pass through
+        its gymnasium reward wrappers (``textenv.batched``); evaluation metrics use the task's reward.
         ``callback(agent, record)`` returning False stops early. With ``checkpoint_every`` a
         checkpoint is written to ``checkpoint_dir/step-N``; ``resume_from`` continues from one.
         """
-        task_env = env.unwrapped
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps < 1:
+            raise ValueError(f"{self.name}: learn(total_steps={total_steps!r}) needs a whole number >= 1")
+        task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        self.scheduler = self._lr_schedule(total_steps)
         if checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
         writer = jsonl = None
@@ -284,6 +443,9 @@ class Agent:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.policy.save(directory / "policy")
+        self._save_rest(directory)
+
+    def _save_rest(self, directory: Path) -> None:
         for name, module in self.modules().items():
             save_model(module, str(directory / f"{name}.safetensors"))
         meta = {"algorithm": self.name, "config": self.config.to_dict(), "step": self.step,
@@ -294,26 +456,30 @@ class Agent:
     def load(cls, directory: str | Path, device: str | None = None) -> Agent:
         """Rebuild a saved agent; ``Agent.load`` dispatches on the saved algorithm name."""
         directory = Path(directory)
-        meta = json.loads((directory / "agent.json").read_text())
+        meta = _read_meta(directory)
         algo = get_algorithm(meta["algorithm"]) if cls is Agent else cls
-        policy = Policy.from_pretrained(directory / "policy", device=device)
-        agent = algo(policy, algo.config_class.from_dict(meta["config"], where=str(directory)))
-        for name, module in agent.modules().items():
-            load_model(module, str(directory / f"{name}.safetensors"), device=str(policy.device))
+        with reading(directory / "policy" / "model.safetensors"):
+            policy = Policy.from_pretrained(directory / "policy", device=device)
+        agent = algo(policy, algo.config_class.from_dict(meta["config"], where=str(directory / "agent.json")))
+        agent._load_modules(directory)
         agent.step = meta["step"]
         agent.load_state(meta.get("state", {}))
         return agent
+
+    def _load_modules(self, directory: Path) -> None:
+        for name, module in self.modules().items():
+            with reading(path := directory / f"{name}.safetensors"):
+                load_model(module, str(path), device=str(self.policy.device))
 
     def save_checkpoint(self, directory: str | Path) -> None:
         """Everything ``learn`` needs to resume; written to a temp dir, then renamed into place."""
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.save(tmp)
-        reference = getattr(self, "reference", None)
-        if isinstance(reference, Policy):
-            save_model(reference.model, str(tmp / "reference.safetensors"))
-        torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+        tmp.mkdir(parents=True)
+        self.policy.save_checkpoint(tmp / "policy")
+        self._save_rest(tmp)
+        torch.save({"optimizer": self.optimizer.state_dict()},
                    tmp / "optimizer.pt")
         (tmp / "history.json").write_text(json.dumps(self.history))
         shutil.rmtree(directory, ignore_errors=True)
@@ -321,19 +487,24 @@ class Agent:
 
     def load_checkpoint(self, directory: str | Path) -> None:
         directory = Path(directory)
-        meta = json.loads((directory / "agent.json").read_text())
+        meta = _read_meta(directory)
         if meta["algorithm"] != self.name:
             raise ValueError(f"checkpoint {directory} is for {meta['algorithm']!r}, not {self.name!r}")
-        saved = Policy.from_pretrained(directory / "policy", device=self.policy.device)
-        self.policy.model.load_state_dict(saved.model.state_dict())
-        for name, module in self.modules().items():
-            load_model(module, str(directory / f"{name}.safetensors"), device=str(self.policy.device))
-        reference = getattr(self, "reference", None)
-        if isinstance(reference, Policy):
-            load_model(reference.model, str(directory / "reference.safetensors"), device=str(reference.device))
-        state = torch.load(directory / "optimizer.pt", weights_only=True, map_location=self.policy.device)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.history = json.loads((directory / "history.json").read_text())
+        self.policy.load_checkpoint(directory / "policy")
+        self._load_modules(directory)
+        with reading(path := directory / "optimizer.pt"):
+            state = torch.load(path, weights_only=True, map_location=self.policy.device)
+            self.optimizer.load_state_dict(state["optimizer"])
+        with reading(path := directory / "history.json"):
+            self.history = json.loads(path.read_text())
         self.step = meta["step"]
         self.load_state(meta.get("state", {}))
+
+
+def _read_meta(directory: Path) -> dict[str, Any]:
+    with reading(path := directory / "agent.json"):
+        meta = json.loads(path.read_text())
+        missing = {"algorithm", "config", "step"} - set(meta)
+        if missing:
+            raise KeyError(f"missing {sorted(missing)}")
+    return meta

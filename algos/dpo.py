@@ -6,22 +6,22 @@ Loss types follow TRL: ``sigmoid`` (with optional conservative label smoothing) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, register
+from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos.policy import EncodedBatch, Policy
 
 
 @dataclass
 class DPOConfig(AgentConfig):
     lr: float = 1e-4
-    batch_size: int = 16
-    beta: float = 0.1
-    loss_type: Literal["sigmoid", "ipo"] = "sigmoid"
-    label_smoothing: float = 0.0
+    batch_size: int = 16  # preference pairs per step
+    beta: float = 0.1  # strength of the implicit KL to the reference policy
+    loss_type: losses.DPOLossType = "sigmoid"  # TRL's names
+    label_smoothing: float = 0.0  # conservative DPO: assumed probability that a pair is mislabelled
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -35,25 +35,22 @@ class DPOConfig(AgentConfig):
 class DPO(Agent):
     config_class = DPOConfig
 
-    def setup(self) -> None:
-        self.reference = self.policy.frozen_copy()
-
-    def sequence_logps(self, policy, prompts: list[str], completions: list[str]) -> tuple[torch.Tensor, int]:
+    def sequence_logps(self, policy: Policy, pairs: EncodedBatch) -> torch.Tensor:
+        """``[pairs, 2]`` log-probs (chosen, rejected) of pairs stored as rows 2k, 2k+1, in one forward pass."""
+        n = len(pairs) // 2
+        order = torch.cat([torch.arange(0, 2 * n, 2), torch.arange(1, 2 * n, 2)]).to(pairs.prompt_ids.device)
+        token_logps = policy.logprobs(pairs[order])
         # IPO regresses on length-normalised log-ratios (as TRL does); sigmoid DPO on sums.
-        token_logps, mask = policy.text_logprobs(prompts, completions)
         normalize = self.config.loss_type == "ipo"
-        return losses.sequence_logprob(token_logps, mask, normalize=normalize), int(mask.sum())
+        return losses.sequence_logprob(token_logps, pairs.completion_mask[order], normalize=normalize).view(2, n).T
 
-    def update(self, env, rng: np.random.Generator) -> dict[str, float]:
+    def make_batch(self, env, rng: np.random.Generator) -> Batch:
         pairs = env.sample(self.config.batch_size, rng, "train", require="pair")
-        prompts = [ex.prompt for ex in pairs] * 2
-        completions = [ex.chosen for ex in pairs] + [ex.rejected for ex in pairs]
-        n = len(pairs)
-        policy_logps, tokens = self.sequence_logps(self.policy, prompts, completions)
-        with torch.no_grad():
-            ref_logps, _ = self.sequence_logps(self.reference, prompts, completions)
-        loss, stats = losses.dpo_loss(policy_logps[:n], policy_logps[n:], ref_logps[:n], ref_logps[n:],
-                                      beta=self.config.beta, loss_type=self.config.loss_type,
-                                      label_smoothing=self.config.label_smoothing)
-        grad_norm = self.optimize(loss)
-        return {"loss": loss.item(), **stats, "grad_norm": grad_norm, "tokens/trained": float(tokens)}
+        encoded = self.policy.encode([ex.prompt for ex in pairs for _ in (0, 1)],
+                                     [text for ex in pairs for text in (ex.chosen, ex.rejected)])
+        return Batch(len(pairs), pairs=encoded, ref_logps=self.sequence_logps(self.policy.reference(), encoded))
+
+    def loss(self, batch: Batch, totals: StepTotals):
+        logps, ref, cfg = self.sequence_logps(self.policy, batch.pairs), batch.ref_logps, self.config
+        return losses.dpo_loss(logps[:, 0], logps[:, 1], ref[:, 0], ref[:, 1], beta=cfg.beta,
+                               loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, num_pairs=totals.groups)

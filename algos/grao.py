@@ -1,7 +1,7 @@
 """GRAO (Wang et al., 2025, arXiv 2508.07750): Group Relative Alignment Optimization.
 
 For each prompt q with reference answer y, sample G outputs, score them and y with the task's
-reward, and maximise in one loss (see ``losses.grao_loss`` and shared/GRAO.md)::
+reward, and maximise in one loss (see ``losses.grao_loss`` and docs/GRAO.md)::
 
     (1/G) sum_i [ A_i l(o_i)  +  beta A_y l(y)  +  lambda A_i (l(o_i) - l(y)) ]
 
@@ -18,27 +18,29 @@ from typing import Literal
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, register
+from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
 from algos.rollout import collect
 
 
 @dataclass
 class GRAOConfig(AgentConfig):
     lr: float = 1e-4
-    group_size: int = 8  # G
+    group_size: int = 8  # G samples per prompt
     beta: float = 0.5  # imitation weight
     lam: float = 0.6  # alignment-regulariser weight
-    group: Literal["samples+reference", "samples"] = "samples+reference"  # who sets mu and sigma
-    eps: float = 1e-6
-    imitation: bool = True
-    exploration: bool = True
-    regularizer: bool = True
-    num_iterations: int = 1  # gradient steps per rollout (1 = on-policy, pi_old = pi)
+    group: losses.GRAOGroup = "samples+reference"  # whose rewards set mu and sigma
+    eps: float = 1e-6  # added to sigma; an all-equal group gets zero advantages
+    imitation: bool = True  # the beta term (off: the paper's ablation)
+    exploration: bool = True  # the A_i l(o_i) term
+    regularizer: bool = True  # the lambda term
+    score_temperature: Literal["sampling"] | float = "sampling"  # l(.) at the sampling temperature, or e.g. 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.group_size < 1 or self.num_iterations < 1:
-            raise ConfigError("GRAOConfig.group_size and num_iterations must be >= 1")
+        if self.group_size < 1:
+            raise ConfigError(f"GRAOConfig.group_size must be >= 1, got {self.group_size}")
+        if self.score_temperature != "sampling" and not self.score_temperature > 0:
+            raise ConfigError(f"GRAOConfig.score_temperature must be 'sampling' or > 0, got {self.score_temperature}")
         if not (self.imitation or self.exploration or self.regularizer):
             raise ConfigError("GRAOConfig: at least one of imitation, exploration, regularizer must be on")
 
@@ -47,25 +49,21 @@ class GRAOConfig(AgentConfig):
 class GRAO(Agent):
     config_class = GRAOConfig
 
-    def update(self, env, rng: np.random.Generator) -> dict[str, float]:
+    def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
-        rollout = collect(self.policy, env, examples, cfg, rng, reference_rewards=True)
-        s = rollout.samples
-        reference = (*self.policy.encode_prompts([ex.prompt for ex in examples]),
-                     *self.policy.encode_completions([ex.reference for ex in examples]))
-        ref_mask = reference[3]
-        for _ in range(cfg.num_iterations):
-            sample_logps = self.policy.logprobs(s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask,
-                                                temperature=cfg.temperature)
-            ref_logps = self.policy.logprobs(*reference, temperature=cfg.temperature)
-            loss, stats = losses.grao_loss(
-                losses.sequence_logprob(sample_logps, s.completion_mask).view_as(rollout.rewards),
-                losses.sequence_logprob(ref_logps, ref_mask), rollout.rewards, rollout.reference_rewards,
-                beta=cfg.beta, lam=cfg.lam, group=cfg.group, eps=cfg.eps, imitation=cfg.imitation,
-                exploration=cfg.exploration, regularizer=cfg.regularizer)
-            grad_norm = self.optimize(loss)
-        trained = float(s.completion_mask.sum() + ref_mask.sum()) * cfg.num_iterations
-        return {"loss": loss.item(), **stats, **rollout.stats, "grad_norm": grad_norm,
-                "reward/reference_mean": rollout.reference_rewards.mean().item(),
-                "tokens/trained": trained}
+        rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True)
+        answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
+        stats = {**rollout.stats, "reward/reference_mean": rollout.answer_rewards.mean().item()}
+        return Batch(len(examples), stats, samples=rollout.samples.batch, answers=answers,
+                     rewards=rollout.rewards, answer_rewards=rollout.answer_rewards)
+
+    def loss(self, batch: Batch, totals: StepTotals):
+        cfg, samples, answers = self.config, batch.samples, batch.answers
+        temperature = cfg.temperature if cfg.score_temperature == "sampling" else cfg.score_temperature
+        sample_logps, answer_logps = (self.policy.logprobs(b, temperature) for b in (samples, answers))
+        return losses.grao_loss(
+            losses.sequence_logprob(sample_logps, samples.completion_mask).view_as(batch.rewards),
+            losses.sequence_logprob(answer_logps, answers.completion_mask), batch.rewards, batch.answer_rewards,
+            beta=cfg.beta, lam=cfg.lam, group=cfg.group, eps=cfg.eps, imitation=cfg.imitation,
+            exploration=cfg.exploration, regularizer=cfg.regularizer, num_groups=totals.groups)

@@ -7,23 +7,32 @@ Conventions shared by every function here:
   ``inf * 0`` into NaN, and a ``where`` applied only at the end still lets NaN leak into the backward pass).
 - Losses return ``(loss, stats)``: a scalar tensor to backpropagate and a ``dict[str, float]`` to log.
 - Advantages and rewards are treated as constants (detached): no gradient ever reaches a reward.
+- Every loss takes an optional normaliser for the whole optimiser step (``num_tokens``, ``num_sequences``,
+  ``num_pairs``, ``num_groups``). Without it the loss averages over the batch it is handed; with it, the
+  losses of k parts of a batch, each given the whole batch's count, sum to the loss of the whole batch
+  and so do their gradients. That is what micro-batches and several processes need (TRL's ``dapo``
+  divides by the token count of the whole accumulated step for the same reason).
+- Each set of choices (loss types, scales, groups) is a ``Literal`` here that the configs reuse.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
 
-DPO_LOSS_TYPES = ("sigmoid", "ipo")
-GRPO_LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
-GROUP_SCALES = ("group", "batch", "none")
-GRAO_GROUPS = ("samples+reference", "samples")
-KL_KINDS = ("k1", "k3", "abs", "mse")
+DPOLossType = Literal["sigmoid", "ipo"]
+GRPOLossType = Literal["grpo", "dr_grpo", "dapo"]
+RewardScale = Literal["group", "batch", "none"]
+GRAOGroup = Literal["samples+reference", "samples"]
+KLKind = Literal["k1", "k3", "abs", "mse"]
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: str, choices: object) -> None:
+    allowed = get_args(choices)
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
@@ -77,10 +86,11 @@ def sequence_logprob(token_logps: Tensor, mask: Tensor, normalize: bool = True) 
 # --------------------------------------------------------------------------------------------------
 
 
-def sft_loss(token_logps: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """Mean NLL over all completion tokens of the batch (TRL convention: long answers weigh more)."""
-    loss = -masked_mean(token_logps, mask)
-    return loss, {"nll": loss.item(), "tokens": float(mask.sum().item())}
+def sft_loss(token_logps: Tensor, mask: Tensor, num_tokens: float | None = None) -> tuple[Tensor, dict[str, float]]:
+    """Mean NLL over all completion tokens of the step (TRL convention: long answers weigh more)."""
+    total = mask.to(token_logps.dtype).sum().clamp(min=1.0) if num_tokens is None else max(num_tokens, 1)
+    loss = -masked_sum(token_logps, mask) / total
+    return loss, {"nll": -masked_mean(token_logps, mask).item(), "tokens": float(mask.sum().item())}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,8 +104,9 @@ def dpo_loss(
     ref_chosen: Tensor,
     ref_rejected: Tensor,
     beta: float = 0.1,
-    loss_type: str = "sigmoid",
+    loss_type: DPOLossType = "sigmoid",
     label_smoothing: float = 0.0,
+    num_pairs: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """DPO on per-sequence log-probs ``[N]``, with TRL's formulas and stat names.
 
@@ -104,15 +115,15 @@ def dpo_loss(
     ipo:     (h − 1/(2β))²                     (label_smoothing is ignored)
     The log-probs are taken as given. TRL sums token log-probs for "sigmoid" but *averages* them for
     "ipo"; to match it, pass ``sequence_logprob(..., normalize=False)`` for sigmoid and
-    ``sequence_logprob(..., normalize=True)`` for ipo.
+    ``sequence_logprob(..., normalize=True)`` for ipo. The loss is the mean over the step's ``num_pairs``.
     """
-    _check_choice("loss_type", loss_type, DPO_LOSS_TYPES)
+    _check_choice("loss_type", loss_type, DPOLossType)
     h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
     if loss_type == "sigmoid":
         losses = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     else:
         losses = (h - 1 / (2 * beta)) ** 2
-    loss = losses.mean()
+    loss = losses.mean() if num_pairs is None else losses.sum() / num_pairs
     chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
     rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
     stats = {
@@ -132,14 +143,14 @@ def dpo_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def group_advantages(rewards: Tensor, scale: str = "group", eps: float = 1e-4) -> Tensor:
+def group_advantages(rewards: Tensor, scale: RewardScale = "group", eps: float = 1e-4) -> Tensor:
     """GRPO advantages ``[B, G]``: reward minus group mean, divided by a std (as TRL's GRPOTrainer).
 
     The std is torch's default *unbiased* one, as in TRL: per group ("group"), over the whole batch
     ("batch"), or no division ("none"). A group whose rewards are all equal gets exact zeros, and a
     std that cannot be estimated (G = 1, or a batch of one reward) counts as 0, so no NaN appears.
     """
-    _check_choice("scale", scale, GROUP_SCALES)
+    _check_choice("scale", scale, RewardScale)
     rewards = rewards.detach()
     B, G = rewards.shape
     centered = rewards - rewards.mean(dim=1, keepdim=True)
@@ -163,18 +174,21 @@ def grpo_loss(
     beta: float = 0.0,
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
-    loss_type: str = "grpo",
+    loss_type: GRPOLossType = "grpo",
     max_completion_length: int | None = None,
+    num_sequences: int | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate per token, plus β·k3 KL to a reference policy, reduced as TRL names it.
 
     per token: −min(ρA, clip(ρ, 1−ε_low, 1+ε_high)·A) + β·(exp(ref−logp) − (ref−logp) − 1)
-    grpo:    mean over each sequence's tokens, then mean over sequences
-    dr_grpo: sum over all tokens / (N · max_completion_length)   (default: T, the padded width)
-    dapo:    sum over all tokens / number of completion tokens in the batch
-    ``advantages`` is ``[N]`` (one per sequence, broadcast over its tokens) and is detached.
+    grpo:    mean over each sequence's tokens, then mean over the step's sequences
+    dr_grpo: sum over all tokens / (sequences · max_completion_length)   (default: T, the padded width)
+    dapo:    sum over all tokens / number of completion tokens in the step
+    ``advantages`` is ``[N]`` (one per sequence, broadcast over its tokens) and is detached. The step's
+    counts default to this batch's (N sequences, its mask's tokens).
     """
-    _check_choice("loss_type", loss_type, GRPO_LOSS_TYPES)
+    _check_choice("loss_type", loss_type, GRPOLossType)
     eps_low = clip_eps
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     logps, old_logps = _clean(logps, mask), _clean(old_logps, mask).detach()
@@ -190,13 +204,16 @@ def grpo_loss(
         if beta != 0.0:
             per_token = per_token + beta * per_token_kl
 
+    sequences = mask.shape[0] if num_sequences is None else num_sequences
+
     def reduce(x: Tensor) -> Tensor:
         if loss_type == "grpo":
-            return masked_mean(x, mask, dim=-1).mean()
+            per_sequence = masked_mean(x, mask, dim=-1)
+            return per_sequence.mean() if num_sequences is None else per_sequence.sum() / num_sequences
         if loss_type == "dr_grpo":
             length = max_completion_length if max_completion_length is not None else mask.shape[-1]
-            return masked_sum(x, mask) / (mask.shape[0] * length)
-        return masked_sum(x, mask) / mask.sum().clamp(min=1)
+            return masked_sum(x, mask) / (sequences * length)
+        return masked_sum(x, mask) / (mask.sum().clamp(min=1) if num_tokens is None else max(num_tokens, 1))
 
     loss = reduce(per_token)
     with torch.no_grad():
@@ -241,19 +258,25 @@ def gae(
     return advantages, _clean(advantages + values, mask)
 
 
+def _token_mean(x: Tensor, mask: Tensor, num_tokens: float | None) -> Tensor:
+    """Masked mean over all tokens, or the masked sum over the whole step's ``num_tokens``."""
+    return masked_mean(x, mask) if num_tokens is None else masked_sum(x, mask) / max(num_tokens, 1)
+
+
 def ppo_policy_loss(
-    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+    logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2,
+    num_tokens: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clipped surrogate, per-token advantages ``[B, T]``, masked mean over all tokens (TRL/CleanRL)."""
+    """PPO clipped surrogate, per-token advantages ``[B, T]``, mean over the step's tokens (TRL/CleanRL)."""
     logps, old_logps = _clean(logps, mask), _clean(old_logps, mask).detach()
     adv = _clean(advantages, mask).detach()
     log_ratio = logps - old_logps
     ratio = torch.exp(log_ratio)
     losses = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps))
-    loss = masked_mean(losses, mask)
+    loss = _token_mean(losses, mask, num_tokens)
     with torch.no_grad():
         stats = {
-            "policy_loss": loss.item(),
+            "policy_loss": masked_mean(losses, mask).item(),
             "clipfrac": masked_mean(((ratio - 1).abs() > clip_eps).to(logps.dtype), mask).item(),
             "approx_kl": masked_mean((ratio - 1) - log_ratio, mask).item(),  # k3, as CleanRL
             "ratio": masked_mean(ratio, mask).item(),
@@ -262,29 +285,30 @@ def ppo_policy_loss(
 
 
 def ppo_value_loss(
-    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float = 0.2
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip_eps: float = 0.2,
+    num_tokens: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped value loss 0.5·max((V−R)², (V_clip−R)²), masked mean (TRL/CleanRL)."""
+    """Clipped value loss 0.5·max((V−R)², (V_clip−R)²), mean over the step's tokens (TRL/CleanRL)."""
     values = _clean(values, mask)
     old_values, returns = _clean(old_values, mask).detach(), _clean(returns, mask).detach()
     v_clipped = old_values + (values - old_values).clamp(-clip_eps, clip_eps)
     sq, sq_clipped = (values - returns) ** 2, (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(sq, sq_clipped), mask)
+    loss = 0.5 * _token_mean(torch.max(sq, sq_clipped), mask, num_tokens)
     with torch.no_grad():
         stats = {
-            "value_loss": loss.item(),
+            "value_loss": 0.5 * masked_mean(torch.max(sq, sq_clipped), mask).item(),
             "value_clipfrac": masked_mean((sq_clipped > sq).to(values.dtype), mask).item(),
         }
     return loss, stats
 
 
-def kl_penalty(logps: Tensor, ref_logps: Tensor, kind: str = "k1") -> Tensor:
+def kl_penalty(logps: Tensor, ref_logps: Tensor, kind: KLKind = "k1") -> Tensor:
     """Per-token KL(π‖π_ref) estimate from sampled tokens; mask it yourself.
 
     k1 = logp − ref (unbiased, can be negative); k3 = exp(ref−logp) − (ref−logp) − 1 (unbiased, ≥ 0);
     abs = |logp − ref|; mse = ½(logp − ref)².
     """
-    _check_choice("kind", kind, KL_KINDS)
+    _check_choice("kind", kind, KLKind)
     d = logps - ref_logps
     if kind == "k1":
         return d
@@ -295,102 +319,128 @@ def kl_penalty(logps: Tensor, ref_logps: Tensor, kind: str = "k1") -> Tensor:
     return 0.5 * d**2
 
 
+def ppo_token_rewards(
+    scores: Tensor, logps: Tensor, ref_logps: Tensor, mask: Tensor, kl_coef: float, kl_kind: KLKind = "k1",
+    whiten: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO rewards ``[B, T]`` and the per-token KL: −kl_coef·KL_t, plus the sequence score on the
+    last real token (Ziegler et al.; TRL). ``whiten`` (TRL's ``whiten_rewards``) rescales the token
+    rewards to unit variance over the batch *without* shifting their mean, so the reward level survives.
+    """
+    kl = _clean(kl_penalty(logps, ref_logps, kind=kl_kind), mask).detach()
+    rewards = -kl_coef * kl
+    last = (mask.sum(-1) - 1).clamp(min=0).long()
+    rewards[torch.arange(len(last), device=last.device), last] += scores.detach().to(rewards.dtype)
+    rewards = _clean(rewards, mask)
+    return (masked_whiten(rewards, mask, shift_mean=False) if whiten else rewards), kl
+
+
+def adaptive_kl_coef(kl_coef: float, mean_kl: float, target_kl: float, num_samples: int, horizon: int) -> float:
+    """Ziegler et al.'s proportional controller: move the KL coefficient towards the target KL."""
+    error = min(max(mean_kl / target_kl - 1, -0.2), 0.2)
+    return kl_coef * (1 + error * num_samples / horizon)
+
+
 # --------------------------------------------------------------------------------------------------
-# GRAO (see GRAO.md)
+# GRAO (docs/GRAO.md)
 # --------------------------------------------------------------------------------------------------
 
 
 def grao_advantages(
-    sample_rewards: Tensor, ref_rewards: Tensor, group: str = "samples+reference", eps: float = 1e-6
+    sample_rewards: Tensor, answer_rewards: Tensor, group: GRAOGroup = "samples+reference", eps: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
     """GRAO advantages (Â_i ``[B, G]``, Â_y ``[B]``): (R − μ) / (σ + ε), μ and σ the *population* stats.
 
-    By default μ, σ are taken over the G samples plus the reference answer y (G + 1 rewards); with
-    ``group="samples"`` over the G samples only, and y is still scored against them. A group whose
-    rewards are all equal (the G + 1, resp. the G samples) gets all-zero advantages, Â_y included: with
-    "samples" and σ = 0, Â_y = (R(y) − μ)/ε would otherwise be about 10⁶ times the reward gap.
+    ``answer_rewards`` are R(y), the rewards of the reference answers. By default μ, σ are taken over the
+    G samples plus y (G + 1 rewards); with ``group="samples"`` over the G samples only, and y is still
+    scored against them. A group whose rewards are all equal (the G + 1, resp. the G samples) gets
+    all-zero advantages, Â_y included: with "samples" and σ = 0, Â_y = (R(y) − μ)/ε would otherwise be
+    about 10⁶ times the reward gap.
     """
-    _check_choice("group", group, GRAO_GROUPS)
-    sample_rewards, ref_rewards = sample_rewards.detach(), ref_rewards.detach().to(sample_rewards.dtype)
-    if ref_rewards.shape != sample_rewards.shape[:1]:
-        raise ValueError(f"ref_rewards must have shape {list(sample_rewards.shape[:1])}, got {list(ref_rewards.shape)}")
-    with_ref = torch.cat([sample_rewards, ref_rewards[:, None]], dim=1)
-    stat_group = sample_rewards if group == "samples" else with_ref
+    _check_choice("group", group, GRAOGroup)
+    sample_rewards, answer_rewards = sample_rewards.detach(), answer_rewards.detach().to(sample_rewards.dtype)
+    if answer_rewards.shape != sample_rewards.shape[:1]:
+        raise ValueError(f"answer_rewards must have shape {list(sample_rewards.shape[:1])}, "
+                         f"got {list(answer_rewards.shape)}")
+    with_answer = torch.cat([sample_rewards, answer_rewards[:, None]], dim=1)
+    stat_group = sample_rewards if group == "samples" else with_answer
     mu = stat_group.mean(dim=1)
     sigma = stat_group.std(dim=1, unbiased=False)
     equal = (stat_group == stat_group[:, :1]).all(dim=1)
     a_samples = (sample_rewards - mu[:, None]) / (sigma[:, None] + eps)
-    a_ref = (ref_rewards - mu) / (sigma + eps)
+    a_answer = (answer_rewards - mu) / (sigma + eps)
     a_samples = torch.where(equal[:, None], torch.zeros_like(a_samples), a_samples)
-    a_ref = torch.where(equal, torch.zeros_like(a_ref), a_ref)
-    return a_samples, a_ref
+    a_answer = torch.where(equal, torch.zeros_like(a_answer), a_answer)
+    return a_samples, a_answer
 
 
 def grao_loss(
     sample_logliks: Tensor,
-    ref_logliks: Tensor,
+    answer_logliks: Tensor,
     sample_rewards: Tensor,
-    ref_rewards: Tensor,
+    answer_rewards: Tensor,
     beta: float = 0.5,
     lam: float = 0.6,
-    group: str = "samples+reference",
+    group: GRAOGroup = "samples+reference",
     eps: float = 1e-6,
     imitation: bool = True,
     exploration: bool = True,
     regularizer: bool = True,
+    num_groups: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """GRAO loss = −(1/(B·G)) Σ_b Σ_i (Â_i ℓ(o_i) + β Â_y ℓ(y) + λ Â_i (ℓ(o_i) − ℓ(y))).
 
-    ``sample_logliks`` ``[B, G]`` and ``ref_logliks`` ``[B]`` are length-normalised log-likelihoods ℓ
+    ``sample_logliks`` ``[B, G]`` and ``answer_logliks`` ``[B]`` are length-normalised log-likelihoods ℓ
     (``sequence_logprob``) of the G samples and of the reference answer y. The three terms are
     exploration (Â_i ℓ(o_i)), imitation (β Â_y ℓ(y)) and the alignment regulariser; each switch drops
-    one term (the paper's ablations). No ratio, no clipping, no KL.
+    one term (the paper's ablations). No ratio, no clipping, no KL. B is the step's ``num_groups``
+    (default: this batch's).
 
     With ``group="samples"``, Σ_i Â_i = 0, so the regulariser's ℓ(y) part cancels and it only rescales
     exploration by (1 + λ); keeping y in the group (the default) is what makes it reference-aware.
-    Stats give each term as it enters the objective (loss = −sum) and its share |term| / Σ|terms|.
+    Stats give each term as it enters this batch's objective (loss = −sum) and its share |term| / Σ|terms|.
     """
     B, G = sample_logliks.shape
     for name, t, shape in (
-        ("ref_logliks", ref_logliks, (B,)),
+        ("answer_logliks", answer_logliks, (B,)),
         ("sample_rewards", sample_rewards, (B, G)),
-        ("ref_rewards", ref_rewards, (B,)),
+        ("answer_rewards", answer_rewards, (B,)),
     ):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {list(shape)}, got {list(t.shape)}")
-    a_samples, a_ref = grao_advantages(sample_rewards, ref_rewards, group=group, eps=eps)
-    a_samples, a_ref = a_samples.to(sample_logliks.dtype), a_ref.to(sample_logliks.dtype)
+    a_samples, a_answer = grao_advantages(sample_rewards, answer_rewards, group=group, eps=eps)
+    a_samples, a_answer = a_samples.to(sample_logliks.dtype), a_answer.to(sample_logliks.dtype)
 
     # Each term averaged as in the loss, 1/(B·G) Σ_b Σ_i; the imitation term does not depend on i.
     terms = {
         "exploration": (a_samples * sample_logliks).mean(),
-        "imitation": beta * (a_ref * ref_logliks).mean(),
-        "regularizer": lam * (a_samples * (sample_logliks - ref_logliks[:, None])).mean(),
+        "imitation": beta * (a_answer * answer_logliks).mean(),
+        "regularizer": lam * (a_samples * (sample_logliks - answer_logliks[:, None])).mean(),
     }
     enabled = {"exploration": exploration, "imitation": imitation, "regularizer": regularizer}
     objective = sum((terms[k] for k in terms if enabled[k]), start=sample_logliks.new_zeros(()))
-    loss = -objective
+    loss = -objective if num_groups is None else -objective * (B / num_groups)
 
     with torch.no_grad():
         values = {k: terms[k].item() if enabled[k] else 0.0 for k in terms}
         total = sum(abs(v) for v in values.values())
-        stats = {"loss": loss.item()}
+        stats = {"loss": -objective.item()}
         for k, v in values.items():
             stats[f"grao/{k}"] = v
             stats[f"grao/{k}_share"] = abs(v) / total if total > 0 else 0.0
         samples_equal = (sample_rewards == sample_rewards[:, :1]).all(dim=1)
         group_equal = samples_equal
         if group != "samples":
-            group_equal = group_equal & (ref_rewards == sample_rewards[:, 0])
+            group_equal = group_equal & (answer_rewards == sample_rewards[:, 0])
         stats.update(
             {
                 "grao/adv_samples_mean": a_samples.mean().item(),
-                "grao/adv_ref_mean": a_ref.mean().item(),
+                "grao/adv_answer_mean": a_answer.mean().item(),
                 "grao/adv_samples_abs_mean": a_samples.abs().mean().item(),
                 "grao/frac_equal_groups": group_equal.float().mean().item(),
                 "grao/frac_equal_samples": samples_equal.float().mean().item(),
                 "grao/reward_mean": sample_rewards.float().mean().item(),
-                "grao/ref_reward_mean": ref_rewards.float().mean().item(),
+                "grao/answer_reward_mean": answer_rewards.float().mean().item(),
             }
         )
     return loss, stats

@@ -1,22 +1,25 @@
 """Policy: the one object that owns the causal LM and its tokenizer.
 
-Everything that touches model or tokenizer lives here: encoding prompts and completions, batched
-sampling (HF ``generate`` with its KV cache), per-token log-probs of given completions, a frozen
-reference copy, and save/load as safetensors. Prompts are left-padded and completions right-padded,
-and position ids are derived from the attention mask, so a sequence's log-probs do not depend on
-how much padding its batch needed.
+Everything that touches model or tokenizer lives here: encoding prompts and completions into an
+:class:`EncodedBatch`, batched sampling (HF ``generate`` with its KV cache), per-token log-probs of
+given completions through one forward path, the model's variants (``reference()``, the frozen
+policy that KL terms and DPO compare against), and save/load as safetensors. Prompts are
+left-padded and completions right-padded, and position ids are derived from the attention mask, so
+a sequence's log-probs do not depend on how much padding its batch needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -32,6 +35,43 @@ def _quiet(enabled: bool = True) -> Iterator[None]:
     finally:
         if enabled and was_on:
             hf_logging.enable_progress_bar()
+
+
+class CheckpointError(ValueError):
+    """A saved policy, agent or checkpoint cannot be read; the message names the file."""
+
+
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Turn any failure to read or decode ``path`` into a :class:`CheckpointError` naming it."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as err:
+        raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+@dataclass
+class EncodedBatch:
+    """Prompts (left-padded) and completions (right-padded) as token ids; row ``i`` is one sequence."""
+
+    prompt_ids: torch.Tensor  # [M, P]
+    prompt_mask: torch.Tensor  # [M, P]
+    completion_ids: torch.Tensor  # [M, T]
+    completion_mask: torch.Tensor  # [M, T]
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def __getitem__(self, rows: Any) -> EncodedBatch:
+        return EncodedBatch(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
+                            self.completion_mask[rows])
+
+    @property
+    def num_tokens(self) -> int:
+        """Completion tokens (EOS included): what a loss over this batch trains on."""
+        return int(self.completion_mask.sum())
 
 
 @dataclass
@@ -55,6 +95,10 @@ class Samples:
     def lengths(self) -> torch.Tensor:
         return self.completion_mask.sum(-1)
 
+    @property
+    def batch(self) -> EncodedBatch:
+        return EncodedBatch(self.prompt_ids, self.prompt_mask, self.completion_ids, self.completion_mask)
+
 
 class Policy:
     """A causal LM plus tokenizer with the handful of operations alignment algorithms need."""
@@ -70,6 +114,8 @@ class Policy:
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         # Dropout off: RL log-probs must be the same numbers at sampling and at update time.
         self.model = model.to(self.device).eval()
+        self._reference: Policy | None = None
+        self.max_rows = 64  # rows per forward pass when no gradient is needed (bounds memory)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -95,6 +141,7 @@ class Policy:
         return cls.from_pretrained(path, device=device)
 
     def save(self, directory: str | Path) -> None:
+        """Model (safetensors) and tokenizer, loadable by ``from_pretrained`` or any HF tool."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with _quiet():
@@ -103,15 +150,38 @@ class Policy:
 
     load = from_pretrained
 
-    def frozen_copy(self) -> Policy:
-        """A copy that never trains: the reference policy for KL terms and DPO."""
-        model = copy.deepcopy(self.model).eval().requires_grad_(False)
-        return Policy(model, self.tokenizer, device=self.device)
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """``save`` plus what resuming needs besides: the reference policy's weights when it is a copy."""
+        self.save(directory)
+        if self._reference is not None:
+            save_model(self._reference.model, str(Path(directory) / "reference.safetensors"))
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Load weights written by ``save_checkpoint`` into this policy (and its reference) in place."""
+        directory = Path(directory)
+        single = directory / "model.safetensors"
+        with reading(single if single.exists() else directory):
+            self.model.load_state_dict(Policy.from_pretrained(directory, device=self.device).model.state_dict())
+        if (path := directory / "reference.safetensors").exists():
+            with reading(path):
+                load_model(self.reference().model, str(path), device=str(self.device))
+
+    def reference(self) -> Policy:
+        """The frozen reference policy (KL terms, DPO): a copy of the weights at the first call, never trained."""
+        if self._reference is None:
+            model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self._reference = Policy(model, self.tokenizer, device=self.device)
+        return self._reference
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     # ----------------------------------------------------------------- encoding
+    def encode(self, prompts: Sequence[str], completions: Sequence[str], max_tokens: int | None = None,
+               ) -> EncodedBatch:
+        """Prompt and completion ids of text pairs (EOS appended to each completion, cut to ``max_tokens``)."""
+        return EncodedBatch(*self.encode_prompts(prompts), *self.encode_completions(completions, max_tokens))
+
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids (BOS first when the tokenizer has one) and attention mask."""
         bos = self.tokenizer.bos_token_id
@@ -157,8 +227,12 @@ class Policy:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() got no prompts")
-        if not greedy and temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"generate(num_samples={num_samples!r}) needs a whole number >= 1")
+        if not greedy and not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0 when sampling, got {temperature}")
+        if not greedy and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         config = GenerationConfig(
             do_sample=not greedy, temperature=temperature if not greedy else None,
             top_p=top_p if not greedy else None, top_k=None,  # no hidden top-k: log-probs must match sampling
@@ -208,34 +282,42 @@ class Policy:
             texts=self.decode(completion_ids, completion_mask), truncated=truncated)
 
     # ----------------------------------------------------------------- scoring
-    def logprobs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                 completion_mask: torch.Tensor, return_hidden: bool = False, temperature: float = 1.0) -> Any:
-        """Per-token log-probs ``[M, T]`` of the completion tokens (0 at padding), with gradients.
+    def logprobs(self, batch: EncodedBatch, temperature: float = 1.0) -> torch.Tensor:
+        """Per-token log-probs ``[M, T]`` of the completion tokens (0 at padding), with gradients if enabled.
 
         ``temperature`` scales the logits as sampling did, so that an on-policy algorithm's
         log-probs, ratios and KL are those of the distribution its samples came from (as in TRL).
-
-        With ``return_hidden`` also the last hidden states at the positions that predict each
-        completion token (``[M, T, H]``), which a value head reads.
         """
-        if prompt_ids.shape[1] == 0:
+        return self._forward(batch, temperature, hidden=False)[0]
+
+    def logprobs_and_hidden(self, batch: EncodedBatch, temperature: float = 1.0,
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``logprobs`` plus the last hidden states ``[M, T, H]`` at the positions that predict each
+        completion token (what a value head reads)."""
+        return self._forward(batch, temperature, hidden=True)
+
+    def _forward(self, batch: EncodedBatch, temperature: float, hidden: bool) -> tuple[torch.Tensor, Any]:
+        """The one forward path. Without gradients it runs ``max_rows`` rows at a time, so scoring a large
+        batch never holds more than one chunk's activations and logits."""
+        if batch.prompt_ids.shape[1] == 0:
             raise ValueError("empty prompts need a tokenizer with a BOS token to condition on")
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention = torch.cat([prompt_mask, completion_mask], dim=1)
+        if not torch.is_grad_enabled() and len(batch) > self.max_rows:
+            parts = [self._forward(batch[i:i + self.max_rows], temperature, hidden)
+                     for i in range(0, len(batch), self.max_rows)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if hidden else None
+        input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
+        attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                         output_hidden_states=return_hidden, use_cache=False)
-        P, T = prompt_ids.shape[1], completion_ids.shape[1]
+                         output_hidden_states=hidden, use_cache=False)
+        P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         logits = out.logits[:, P - 1:P - 1 + T].float() / temperature
-        token_logps = torch.gather(logits.log_softmax(-1), 2, completion_ids.unsqueeze(-1)).squeeze(-1)
-        token_logps = token_logps * completion_mask
-        if return_hidden:
-            return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T]
-        return token_logps
+        token_logps = torch.gather(logits.log_softmax(-1), 2, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        token_logps = token_logps * batch.completion_mask
+        return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T] if hidden else None
 
     def text_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_tokens: int | None = None,
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token log-probs and mask of given text completions (EOS appended), with gradients."""
-        p_ids, p_mask = self.encode_prompts(prompts)
-        c_ids, c_mask = self.encode_completions(completions, max_tokens)
-        return self.logprobs(p_ids, p_mask, c_ids, c_mask, temperature=temperature), c_mask
+        """Per-token log-probs and mask of given text completions (EOS appended), with gradients if enabled."""
+        batch = self.encode(prompts, completions, max_tokens)
+        return self.logprobs(batch, temperature=temperature), batch.completion_mask

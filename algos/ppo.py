@@ -9,13 +9,14 @@ policy loss plus the clipped value loss. The KL coefficient is fixed or adapted 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, ConfigError, register
+from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos.policy import EncodedBatch
 from algos.rollout import collect
 
 
@@ -23,24 +24,23 @@ from algos.rollout import collect
 class PPOConfig(AgentConfig):
     lr: float = 1e-4
     group_size: int = 1  # samples per prompt (the benchmark sets it equal to GRPO/GRAO's G)
-    ppo_epochs: int = 2
-    num_minibatches: int = 2
-    clip_eps: float = 0.2
-    vf_clip: float = 0.2
-    vf_coef: float = 0.5
-    gamma: float = 1.0
-    lam: float = 0.95
-    kl_coef: float = 0.05
-    kl_kind: Literal["k1", "k3", "abs", "mse"] = "k1"
+    num_iterations: int = 2  # PPO epochs over each rollout
+    num_minibatches: int = 2  # optimiser steps per epoch
+    clip_eps: float = 0.2  # policy ratio clip
+    vf_clip: float = 0.2  # value clip around the rollout's values
+    vf_coef: float = 0.5  # weight of the value loss
+    gamma: float = 1.0  # discount over tokens
+    lam: float = 0.95  # GAE lambda
+    kl_coef: float = 0.05  # per-token KL penalty to the reference policy (initial value if adaptive)
+    kl_kind: losses.KLKind = "k1"  # KL estimator
     target_kl: float | None = None  # adaptive KL controller (Ziegler et al.) when set
-    kl_horizon: int = 10_000
-    whiten_rewards: bool = False
+    kl_horizon: int = 10_000  # the adaptive controller's horizon, in samples
+    whiten_rewards: bool = False  # rescale token rewards to unit variance, keeping their mean (TRL)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("group_size", "ppo_epochs", "num_minibatches"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"PPOConfig.{key} must be >= 1, got {getattr(self, key)}")
+        if self.group_size < 1:
+            raise ConfigError(f"PPOConfig.group_size must be >= 1, got {self.group_size}")
         if self.kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             raise ConfigError("PPOConfig: kl_coef must be >= 0 and gamma, lam in [0, 1]")
 
@@ -50,7 +50,6 @@ class PPO(Agent):
     config_class = PPOConfig
 
     def setup(self) -> None:
-        self.reference = self.policy.frozen_copy()
         hidden = self.policy.model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1).to(self.policy.device)
         torch.nn.init.zeros_(self.value_head.weight)
@@ -66,47 +65,32 @@ class PPO(Agent):
     def load_state(self, state: dict[str, Any]) -> None:
         self.kl_coef = state["kl_coef"]
 
-    def policy_and_values(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        logps, hidden = self.policy.logprobs(*batch, return_hidden=True, temperature=self.config.temperature)
+    def policy_and_values(self, samples: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        logps, hidden = self.policy.logprobs_and_hidden(samples, temperature=self.config.temperature)
         return logps, self.value_head(hidden.float()).squeeze(-1)
 
-    def update(self, env, rng: np.random.Generator) -> dict[str, float]:
+    def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
         rollout = collect(self.policy, env, env.sample(cfg.batch_size, rng, "train"), cfg, rng)
-        s = rollout.samples
-        batch = (s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
-        mask = s.completion_mask
-        scores = rollout.rewards.flatten()
-        if cfg.whiten_rewards and scores.numel() > 1:
-            scores = (scores - scores.mean()) / (scores.std() + 1e-8)
-        with torch.no_grad():
-            old_logps, old_values = self.policy_and_values(batch)
-            ref_logps = self.reference.logprobs(*batch, temperature=cfg.temperature)
-            kl = losses.kl_penalty(old_logps, ref_logps, kind=cfg.kl_kind) * mask
-            token_rewards = -self.kl_coef * kl
-            last = (mask.sum(-1) - 1).clamp(min=0)
-            token_rewards[torch.arange(len(last), device=last.device), last] += scores
-            advantages, returns = losses.gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
-            advantages = losses.masked_whiten(advantages, mask)
+        samples, mask = rollout.samples.batch, rollout.samples.completion_mask
+        old_logps, old_values = self.policy_and_values(samples)
+        ref_logps = self.policy.reference().logprobs(samples, temperature=cfg.temperature)
+        token_rewards, kl = losses.ppo_token_rewards(rollout.rewards.flatten(), old_logps, ref_logps, mask,
+                                                     self.kl_coef, cfg.kl_kind, whiten=cfg.whiten_rewards)
+        advantages, returns = losses.gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        advantages = losses.masked_whiten(advantages, mask)
+        mean_kl = kl.sum(-1).mean().item()  # per-sequence KL, as the adaptive controller uses
+        if cfg.target_kl is not None:  # the next rollout's coefficient; this one's rewards are made
+            self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, len(mask), cfg.kl_horizon)
+        stats = {**rollout.stats, "kl": mean_kl, "kl_coef": self.kl_coef, "score/mean": rollout.rewards.mean().item()}
+        return Batch(len(rollout.examples), stats, samples=samples, old_logps=old_logps, old_values=old_values,
+                     advantages=advantages, returns=returns)
 
-        n = mask.shape[0]
-        minibatch = max(1, n // cfg.num_minibatches)
-        for _ in range(cfg.ppo_epochs):
-            order = torch.as_tensor(rng.permutation(n), device=mask.device)
-            for start in range(0, n, minibatch):
-                idx = order[start:start + minibatch]
-                logps, values = self.policy_and_values(tuple(t[idx] for t in batch))
-                pg_loss, pg_stats = losses.ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
-                                                           clip_eps=cfg.clip_eps)
-                vf_loss, vf_stats = losses.ppo_value_loss(values, old_values[idx], returns[idx], mask[idx],
-                                                          clip_eps=cfg.vf_clip)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                grad_norm = self.optimize(loss)
-
-        mean_kl = (kl.sum(-1)).mean().item()  # per-sequence KL, as the adaptive controller uses
-        if cfg.target_kl is not None:
-            error = float(np.clip(mean_kl / cfg.target_kl - 1, -0.2, 0.2))
-            self.kl_coef *= 1 + error * n / cfg.kl_horizon
-        return {"loss": loss.item(), **pg_stats, **vf_stats, **rollout.stats, "grad_norm": grad_norm,
-                "kl": mean_kl, "kl_coef": self.kl_coef, "score/mean": rollout.rewards.mean().item(),
-                "tokens/trained": float(mask.sum()) * cfg.ppo_epochs}
+    def loss(self, batch: Batch, totals: StepTotals):
+        cfg, mask, tokens = self.config, batch.samples.completion_mask, totals.tokens["samples"]
+        logps, values = self.policy_and_values(batch.samples)
+        pg_loss, pg_stats = losses.ppo_policy_loss(logps, batch.old_logps, batch.advantages, mask,
+                                                   clip_eps=cfg.clip_eps, num_tokens=tokens)
+        vf_loss, vf_stats = losses.ppo_value_loss(values, batch.old_values, batch.returns, mask,
+                                                  clip_eps=cfg.vf_clip, num_tokens=tokens)
+        return pg_loss + cfg.vf_coef * vf_loss, {**pg_stats, **vf_stats}

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from algos.policy import Policy, Samples
-from textenv import Example
+from textenv import Example, TextGenEnv
 
 
 @dataclass
@@ -19,7 +19,7 @@ class Rollout:
     examples: list[Example]  # [B]
     samples: Samples  # M = B*G rows
     rewards: torch.Tensor  # [B, G]
-    reference_rewards: torch.Tensor | None  # [B], R(y)
+    answer_rewards: torch.Tensor | None  # [B], R(y) of the reference answers
     stats: dict[str, float]
 
     @property
@@ -27,12 +27,21 @@ class Rollout:
         return self.rewards.shape[1]
 
 
-def collect(policy: Policy, env: object, examples: list[Example], config: Any, rng: np.random.Generator,
-            reference_rewards: bool = False) -> Rollout:
+class SamplingSettings(Protocol):
+    """What ``collect`` reads from an algorithm's config."""
+
+    group_size: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+
+
+def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: SamplingSettings,
+            rng: np.random.Generator, answer_rewards: bool = False) -> Rollout:
     """Sample ``config.group_size`` completions per example and score them all with one reward call.
 
-    ``config`` supplies the sampling settings (``temperature``, ``top_p``, ``max_new_tokens``); the
-    sampling seed is drawn from ``rng``, so a step's rollout is a function of the step's generator.
+    The sampling seed is drawn from ``rng``, so a step's rollout is a function of the step's generator.
+    ``answer_rewards`` also scores each example's reference answer (GRAO's R(y)).
     """
     group_size = config.group_size
     samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
@@ -41,10 +50,10 @@ def collect(policy: Policy, env: object, examples: list[Example], config: Any, r
     repeated = [ex for ex in examples for _ in range(group_size)]
     total, components = env.score(repeated, samples.texts)
     rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)
-    ref = None
-    if reference_rewards:
-        ref = torch.as_tensor(env.reference_rewards(examples), dtype=torch.float32, device=policy.device)
-    return Rollout(examples, samples, rewards, ref, rollout_stats(rewards, samples, components))
+    answers = None
+    if answer_rewards:
+        answers = torch.as_tensor(env.reference_rewards(examples), dtype=torch.float32, device=policy.device)
+    return Rollout(examples, samples, rewards, answers, rollout_stats(rewards, samples, components))
 
 
 def rollout_stats(rewards: torch.Tensor, samples: Samples,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, register
+from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
 
 
 @dataclass
@@ -20,10 +20,10 @@ class SFTConfig(AgentConfig):
 class SFT(Agent):
     config_class = SFTConfig
 
-    def update(self, env, rng: np.random.Generator) -> dict[str, float]:
+    def make_batch(self, env, rng: np.random.Generator) -> Batch:
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
-        logps, mask = self.policy.text_logprobs([ex.prompt for ex in examples],
-                                                [ex.reference for ex in examples])
-        loss, stats = losses.sft_loss(logps, mask)
-        grad_norm = self.optimize(loss)
-        return {"loss": loss.item(), **stats, "grad_norm": grad_norm, "tokens/trained": float(mask.sum())}
+        answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
+        return Batch(len(examples), answers=answers)
+
+    def loss(self, batch: Batch, totals: StepTotals):  # token mean over the whole step, as TRL
+        return losses.sft_loss(self.policy.logprobs(a := batch.answers), a.completion_mask, totals.tokens["answers"])

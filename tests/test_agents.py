@@ -30,7 +30,7 @@ def test_registry_lists_the_five_algorithms_and_suggests_names():
     ("grpo", {"loss_type": "ppo"}, r"loss_type.* must be one of \['grpo', 'dr_grpo', 'dapo'\]"),
     ("dpo", {"label_smoothing": 0.7}, r"label_smoothing must be in \[0, 0.5\)"),
     ("sft", {"lr": -1.0}, r"SFTConfig.lr must be > 0"),
-    ("ppo", {"ppo_epochs": 0}, r"ppo_epochs must be >= 1"),
+    ("ppo", {"num_iterations": 0}, r"num_iterations must be >= 1"),
     ("grao", {"imitation": False, "exploration": False, "regularizer": False}, "at least one"),
     ("sft", {"batch_size": True}, r"batch_size.* must be int, got bool"),
 ])
@@ -44,11 +44,13 @@ def test_a_new_algorithm_registers_from_research_code(env):
     class FirstToken(Agent):
         config_class = AgentConfig
 
-        def update(self, env, rng):
+        def make_batch(self, env, rng):
             ex = env.task.with_references("train")[int(rng.integers(10))]
-            logps, mask = self.policy.text_logprobs([ex.prompt], [ex.reference[:1]])
-            loss = -logps.sum()
-            return {"loss": loss.item(), "grad_norm": self.optimize(loss)}
+            return algos.Batch(1, answers=self.policy.encode([ex.prompt], [ex.reference[:1]]))
+
+        def loss(self, batch, totals):
+            loss = -self.policy.logprobs(batch.answers).sum()
+            return loss, {}
 
     try:
         agent = algos.make("test-imitate-first-token", random_policy(), lr=1e-3)

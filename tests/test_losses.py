@@ -324,7 +324,7 @@ def test_grao_advantages_population_std_hand():
 
 
 def ref_grao(ll, lly, sr, rr, beta, lam, group, eps, imit=True, expl=True, reg=True):
-    """Loop-based GRAO objective straight from GRAO.md; returns (loss, {term: value})."""
+    """Loop-based GRAO objective straight from docs/GRAO.md; returns (loss, {term: value})."""
     B, G = len(ll), len(ll[0])
     parts = {"exploration": 0.0, "imitation": 0.0, "regularizer": 0.0}
     for b in range(B):
@@ -464,5 +464,89 @@ def test_grao_end_to_end_padding_invariance():
 def test_grao_errors():
     with pytest.raises(ValueError, match="group"):
         L.grao_advantages(t([[1.0]]), t([1.0]), group="batch")
-    with pytest.raises(ValueError, match="ref_logliks"):
+    with pytest.raises(ValueError, match="answer_logliks"):
         L.grao_loss(t(LL), t([1.0]), t(SR), t(RR))
+
+
+# ------------------------------------------------------------------------------------------------ step normalisers
+# Under micro-batches (and several processes) a step's batch is cut into parts; each part's loss is normalised
+# by the whole step's counts, and the parts' losses and gradients must sum to the unsplit ones. The parts below
+# cut GRPO_* into rows {0} and {1, 2}, rows with different token counts, where a per-part mean would be wrong.
+
+PARTS = ([0], [1, 2])
+
+
+def split_sum(fn, tensors, grad_index=0):
+    """Sum of fn(part) over PARTS, and the gradient of that sum w.r.t. tensors[grad_index]."""
+    x = tensors[grad_index].detach().clone().requires_grad_(True)
+    full = [x if i == grad_index else v for i, v in enumerate(tensors)]
+    total = sum(fn(*[v[rows] for v in full]) for rows in PARTS)
+    total.backward()
+    return total.detach(), x.grad
+
+
+def whole(fn, tensors, grad_index=0):
+    x = tensors[grad_index].detach().clone().requires_grad_(True)
+    loss = fn(*[x if i == grad_index else v for i, v in enumerate(tensors)])
+    loss.backward()
+    return loss.detach(), x.grad
+
+
+def assert_split_equals_whole(split_fn, whole_fn, tensors, grad_index=0):
+    loss_parts, grad_parts = split_sum(split_fn, tensors, grad_index)
+    loss_whole, grad_whole = whole(whole_fn, tensors, grad_index)
+    torch.testing.assert_close(loss_parts, loss_whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_parts, grad_whole, rtol=1e-12, atol=1e-12)
+
+
+def test_sft_loss_with_step_tokens_splits_exactly():
+    mask = t(GRPO_MASK)
+    assert_split_equals_whole(lambda lp, m: L.sft_loss(lp, m, num_tokens=6)[0],
+                              lambda lp, m: L.sft_loss(lp, m)[0], [t(GRPO_LP), mask])
+    # and a per-part mean (the wrong way) does not: (-1-0.5-2)/3 + (-0.3-1.2-0.7)/3 != (-5.7)/6
+    assert sum(L.sft_loss(t(GRPO_LP)[r], mask[r])[0].item() for r in PARTS) != pytest.approx(5.7 / 6)
+    assert L.sft_loss(t(GRPO_LP), mask)[0].item() == pytest.approx(5.7 / 6)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_loss_with_step_pairs_splits_exactly(loss_type):
+    tensors = [t(DPO_PC + [-9.0]), t(DPO_PR + [-9.5]), t(DPO_RC + [-10.0]), t(DPO_RR + [-8.0])]
+    kw = dict(beta=0.5, loss_type=loss_type, label_smoothing=0.1 if loss_type == "sigmoid" else 0.0)
+    assert_split_equals_whole(lambda *x: L.dpo_loss(*x, **kw, num_pairs=3)[0],
+                              lambda *x: L.dpo_loss(*x, **kw)[0], tensors)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo"])
+def test_grpo_loss_with_step_totals_splits_exactly(loss_type):
+    kw = dict(beta=0.04, clip_eps=0.2, clip_eps_high=0.28, loss_type=loss_type, max_completion_length=5)
+    tensors = [t(GRPO_LP), t(GRPO_OLD), t(GRPO_ADV), t(GRPO_MASK), t(GRPO_REF)]
+
+    def split(lp, old, adv, mask, ref):
+        return L.grpo_loss(lp, old, adv, mask, ref_logps=ref, **kw, num_sequences=3, num_tokens=6)[0]
+
+    def unsplit(lp, old, adv, mask, ref):
+        return L.grpo_loss(lp, old, adv, mask, ref_logps=ref, **kw)[0]
+
+    assert_split_equals_whole(split, unsplit, tensors)
+    # The normalisers are the ones written in the docstring: sequences for grpo/dr_grpo, tokens for dapo.
+    exp = ref_grpo(GRPO_LP, GRPO_OLD, GRPO_ADV, GRPO_MASK, GRPO_REF, 0.04, 0.2, 0.28, loss_type, 5)
+    assert split_sum(split, tensors)[0].item() == pytest.approx(exp)
+
+
+def test_ppo_losses_with_step_tokens_split_exactly():
+    lp, old, mask = t(GRPO_LP), t(GRPO_OLD), t(GRPO_MASK)
+    adv = t([[1.0, -0.5, 2.0, 0.0], [0.3, -1.0, 0.0, 0.0], [-0.2, 0.0, 0.0, 0.0]])
+    assert_split_equals_whole(lambda a, b, c, m: L.ppo_policy_loss(a, b, c, m, num_tokens=6)[0],
+                              lambda a, b, c, m: L.ppo_policy_loss(a, b, c, m)[0], [lp, old, adv, mask])
+    ret = t([[0.5, 0.1, -0.3, 0.0], [1.0, 0.2, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert_split_equals_whole(lambda v, o, r, m: L.ppo_value_loss(v, o, r, m, num_tokens=6)[0],
+                              lambda v, o, r, m: L.ppo_value_loss(v, o, r, m)[0], [lp, old, ret, mask])
+
+
+@pytest.mark.parametrize("group", ["samples+reference", "samples"])
+def test_grao_loss_with_step_groups_splits_exactly(group):
+    ll = t(LL + [[-0.4, -1.1, -2.2]])
+    tensors = [ll, t(LLY + [-0.6]), t(SR + [[0.3, 0.3, 0.9]]), t(RR + [0.5])]
+    for grad_index in (0, 1):  # gradients reach both the samples' and the answers' likelihoods
+        assert_split_equals_whole(lambda *x: L.grao_loss(*x, group=group, num_groups=3)[0],
+                                  lambda *x: L.grao_loss(*x, group=group)[0], tensors, grad_index)

@@ -1,17 +1,17 @@
 import torch
 from conftest import random_policy
 
-from algos import Policy
+from algos import EncodedBatch, Policy
 
 
 def test_logprobs_do_not_depend_on_padding(policy):
     s = policy.generate(["12+7=", "3+4=", "100-1="], num_samples=2, max_new_tokens=6, seed=0)
-    batched = policy.logprobs(s.prompt_ids, s.prompt_mask, s.completion_ids, s.completion_mask)
+    batched = policy.logprobs(s.batch)
     for j in range(len(s.texts)):
         keep_p = s.prompt_mask[j].bool()
         n = int(s.completion_mask[j].sum())
-        alone = policy.logprobs(s.prompt_ids[j:j + 1, keep_p], s.prompt_mask[j:j + 1, keep_p],
-                                s.completion_ids[j:j + 1, :n], s.completion_mask[j:j + 1, :n])
+        alone = policy.logprobs(EncodedBatch(s.prompt_ids[j:j + 1, keep_p], s.prompt_mask[j:j + 1, keep_p],
+                                             s.completion_ids[j:j + 1, :n], s.completion_mask[j:j + 1, :n]))
         torch.testing.assert_close(alone[0], batched[j, :n], atol=1e-5, rtol=1e-5)
         assert torch.all(batched[j, n:] == 0)
 
@@ -54,9 +54,9 @@ def test_generate_truncation_and_eos_on_a_forced_model():
     assert not s.truncated.any()
 
 
-def test_gradients_flow_and_frozen_copy_is_frozen():
+def test_gradients_flow_and_reference_is_frozen():
     policy = random_policy()
-    reference = policy.frozen_copy()
+    reference = policy.reference()
     logps, mask = policy.text_logprobs(["a", "bb"], ["xyz", "q"])
     (-logps.sum()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.parameters())
@@ -106,3 +106,14 @@ def test_sampling_has_no_hidden_top_k(tmp_path):
     s = loaded.generate(["a"], num_samples=2000, max_new_tokens=1, temperature=1.0, seed=0)
     assert len(set(s.completion_ids[:, 0].tolist())) > 200  # of 258 tokens (pad is never sampled)
     assert policy.tokenizer.pad_token_id not in s.completion_ids[:, 0].tolist()
+
+
+def test_scoring_without_gradients_runs_in_chunks_with_the_same_numbers():
+    policy = random_policy()
+    batch = policy.encode(["1+1=", "22+3=", "7-2=", "9="] * 3, ["2", "25", "5", "nine"] * 3)
+    with torch.no_grad():
+        whole = policy.logprobs(batch, temperature=0.7)
+        policy.max_rows = 5  # 12 rows in chunks of 5, 5, 2
+        chunked, hidden = policy.logprobs_and_hidden(batch, temperature=0.7)
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    assert hidden.shape == (*batch.completion_ids.shape, policy.model.config.hidden_size)

@@ -11,6 +11,7 @@ entry-point group (see ``textenv.registry``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
+from textenv.batched import batched
 from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
 from textenv.metrics import evaluate_completions
@@ -40,6 +41,7 @@ __all__ = [
     "TextSpace",
     "TextVectorEnv",
     "TokenEnv",
+    "batched",
     "check_task_kwargs",
     "columns_of",
     "evaluate_completions",
