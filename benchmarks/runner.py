@@ -10,7 +10,11 @@ Layout of an output directory::
 
 A rerun skips every cell whose result file is valid and was produced by the same settings; a corrupt
 or stale file is set aside (renamed ``*.corrupt``) and the cell is run again. A crash loses at most the
-cell in flight.
+cells in flight.
+
+``run`` plans the cells, prepares base checkpoints and base evals here, then hands each cell to an
+executor (``benchmarks.executors``: this process, local worker processes or Ray) as a picklable
+``CellJob``; ``execute_cell`` trains it with a fixed torch thread count and writes its result file.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
 """The benchmark grid on many workers: local processes and Ray give the sequential run's results, a worker
 that dies loses only its cell, and [resources] is checked and applied."""
 
+import concurrent.futures as cf
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -124,6 +126,32 @@ def test_every_cell_runs_with_the_configured_torch_threads(tmp_path, base_path, 
     runner.run(cfg, tmp_path / "out", progress=False, log=quiet)
     assert seen == [2, 2]
     assert torch.get_num_threads() == 1  # this process gets its own setting back
+
+
+def test_a_failing_cell_in_process_is_reported_after_the_others(tmp_path, base_path, monkeypatch):
+    cfg = bench_config.load(tiny_config(tmp_path, base_path))
+
+    def fail_grao(config, task, algo, seed, *args, **kwargs):
+        if algo.name == "sft":
+            raise ValueError("loss is nan")
+        return {"algorithm": algo.name, "metrics": {}, "wall_time_s": 0.0}
+
+    monkeypatch.setattr(runner, "run_cell", fail_grao)
+    lines = []
+    with pytest.raises(runner.CellsFailed, match=r"1 cell\(s\) failed .*\n  textenv/Arithmetic-v0 sft seed=0: "
+                       r"ValueError: loss is nan") as failed:
+        runner.run(cfg, tmp_path / "out", progress=False, log=lines.append)
+    assert [r["algorithm"] for r in failed.value.results] == ["grao"]  # the cell after the failure still ran
+    assert any("sft seed=0: FAILED" in line and "Traceback" in line for line in lines)
+
+
+def test_a_quiet_run_says_it_is_still_going(monkeypatch):
+    monkeypatch.setattr(executors, "HEARTBEAT_S", 0.05)
+    with cf.ThreadPoolExecutor(1) as pool:
+        future = pool.submit(time.sleep, 0.3)
+        idle = []
+        assert list(executors._as_completed({future: "job"}, lambda: idle.append(1))) == [("job", None)]
+    assert len(idle) >= 2
 
 
 def test_two_local_workers_give_the_sequential_results(tmp_path, base_path, sequential):
