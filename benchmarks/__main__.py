@@ -1,4 +1,5 @@
-"""``python -m benchmarks run [CONFIG] [--out DIR]`` and ``python -m benchmarks report DIR``."""
+"""``python -m benchmarks run [CONFIG] [--out DIR] [--jobs N | --executor ray [--address ADDR]]``
+and ``python -m benchmarks report DIR``."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ import time
 from pathlib import Path
 
 from benchmarks import config as bench_config
+from benchmarks import executors
 from benchmarks.report import write_report
-from benchmarks.runner import load_results, run
+from benchmarks.runner import CellsFailed, load_results, run
+
+
+def executor_problem(kind: str, jobs: int | None, address: str | None) -> str | None:
+    """What is wrong with the executor options, if anything."""
+    if jobs is not None and jobs < 1:
+        return f"--jobs must be at least 1, got {jobs}"
+    if kind == "ray" and jobs is not None:
+        return "--jobs is for the local executor; with --executor ray the config's [resources] size each cell"
+    if kind != "ray" and address is not None:
+        return "--address needs --executor ray"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +33,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="a TOML file or a shipped config: quick (default), paper, ablation, hh")
     run_p.add_argument("--out", type=Path, default=None, help="output directory (default runs/<config name>)")
     run_p.add_argument("--no-progress", action="store_true", help="no per-step progress bars")
+    run_p.add_argument("--jobs", type=int, default=None,
+                       help="run cells in N local worker processes (default 1: one after the other in this process)")
+    run_p.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help="local (default) or ray: each cell a Ray task with the config's [resources]")
+    run_p.add_argument("--address", default=None,
+                       help="with --executor ray: the cluster to join (e.g. auto or ray://host:10001); "
+                            "default: start Ray on this machine")
     report_p = sub.add_parser("report", help="rebuild report.md, report.json and plots from a run directory")
     report_p.add_argument("out", type=Path)
     sub.add_parser("configs", help="list the shipped configs")
@@ -33,10 +53,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         out = args.out if getattr(args, "out", None) else Path("runs") / Path(cfg.path).stem
+        opts = vars(args)  # without a subcommand, args has none of run's options
+        kind, jobs, address = opts.get("executor", "local"), opts.get("jobs"), opts.get("address")
+        problem = executor_problem(kind, jobs, address)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         print(f"{cfg.title}: {len(cfg.tasks)} task(s) x {len(cfg.algorithms)} algorithm(s) x "
               f"{len(cfg.seeds)} seed(s) -> {out}", flush=True)
         start = time.perf_counter()
-        results = run(cfg, out, progress=not getattr(args, "no_progress", False))
+        try:
+            executor = executors.make(kind, jobs or 1, address, cfg.resources.cpus_per_cell,
+                                      cfg.resources.gpus_per_cell, where=f"{cfg.path} [resources]")
+        except RuntimeError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        try:
+            results = run(cfg, out, progress=not getattr(args, "no_progress", False), executor=executor)
+        except CellsFailed as err:
+            print(f"\nerror: {err}\nno report written; the finished cells are kept in {out / 'results'}",
+                  file=sys.stderr)
+            return 1
+        finally:
+            executor.close()
         summary = write_report(results, out, title=cfg.title, paper_protocol=cfg.paper_protocol,
                                target=cfg.target)
         print(f"\nfinished in {time.perf_counter() - start:.0f}s; report: {out / 'report.md'}")

@@ -32,6 +32,10 @@ Every error names the file and the offending key. A config looks like::
     [algorithms.sft_grpo]
     algorithm = "grpo"
     sft_steps = 20                    # SFT-then-RL: SFT first, then the budget's steps of GRPO
+
+    [resources]                       # what one cell gets, whatever the executor
+    cpus_per_cell = 1                 # torch threads of every cell (and Ray's num_cpus per task)
+    gpus_per_cell = 0                 # Ray's num_gpus per task (may be fractional); local workers ignore it
 """
 
 from __future__ import annotations
@@ -69,6 +73,14 @@ class EvalSpec:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one cell gets. cpus_per_cell also fixes torch's thread count, which can change float results."""
+
+    cpus_per_cell: int = 1
+    gpus_per_cell: float = 0.0
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     id: str
     budget: Budget
@@ -97,9 +109,10 @@ class BenchConfig:
     target: str | None
     paper_protocol: bool
     raw: dict[str, Any]
+    resources: Resources = field(default_factory=Resources)
 
 
-_TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms"}
+_TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms", "resources"}
 _BASE = {"model", "dtype", "device", "trust_remote_code", "recipe"}
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
@@ -185,6 +198,7 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
 
     budget = _dataclass_from(Budget, raw.get("budget", {}), where, "budget")
     evaluation = _dataclass_from(EvalSpec, raw.get("eval", {}), where, "eval")
+    resources = _dataclass_from(Resources, raw.get("resources", {}), where, "resources")
 
     tasks_table = raw.get("tasks")
     if not isinstance(tasks_table, dict) or not tasks_table:
@@ -239,4 +253,4 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
         raise _fail(where, f"target {target!r} is not one of the [algorithms] entries: {', '.join(algo_table)}")
     paper = _typed(raw.get("paper_protocol", False), bool, where, "paper_protocol")
     return BenchConfig(title, where, seeds, base_model, base_options, budget, evaluation, tasks, specs,
-                       target, paper, raw)
+                       target, paper, raw, resources)

@@ -10,7 +10,11 @@ Layout of an output directory::
 
 A rerun skips every cell whose result file is valid and was produced by the same settings; a corrupt
 or stale file is set aside (renamed ``*.corrupt``) and the cell is run again. A crash loses at most the
-cell in flight.
+cells in flight.
+
+``run`` plans the cells, prepares base checkpoints and base evals here, then hands each cell to an
+executor (``benchmarks.executors``: this process, local worker processes or Ray) as a picklable
+``CellJob``; ``execute_cell`` trains it with a fixed torch thread count and writes its result file.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
-from dataclasses import asdict
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +35,7 @@ import torch
 import algos
 import textenv
 from algos import Policy
+from benchmarks import executors
 from benchmarks.config import AlgoSpec, BenchConfig, TaskSpec
 
 SCHEMA = 1
@@ -164,41 +171,137 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     }
 
 
+@dataclass(frozen=True)
+class CellJob:
+    """Everything one cell needs, picklable, so that any executor can run it anywhere."""
+
+    config: BenchConfig
+    task: TaskSpec
+    algo: AlgoSpec
+    seed: int
+    base_path: str
+    base: dict[str, Any]  # the base model's eval record for (task, seed)
+    out: Path
+    progress: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.task.id} {self.algo.name} seed={self.seed}"
+
+
+class CellsFailed(RuntimeError):
+    """Some cells did not finish; every other cell did and was written. A rerun redoes only the failed ones."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]], results: list[dict[str, Any]]):
+        self.failures, self.results = failures, results
+        lines = "\n".join(f"  {label}: {type(err).__name__}: {err}" for label, err in failures)
+        super().__init__(f"{len(failures)} cell(s) failed (rerun the same command to redo only them):\n{lines}")
+
+
+def result_path(out: Path, task: TaskSpec, algo: AlgoSpec, seed: int) -> Path:
+    return out / "results" / slug(task.id) / algo.name / f"seed{seed}.json"
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads: CPU reductions split by thread count, so results depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def execute_cell(job: CellJob) -> dict[str, Any]:
+    """Run one cell and write its result file atomically: the same code in this process, a worker or Ray."""
+    with torch_threads(job.config.resources.cpus_per_cell):
+        env = textenv.make(job.task.id, **job.task.kwargs)
+        result = run_cell(job.config, job.task, job.algo, job.seed, env, job.base_path, job.base, job.out,
+                          progress=job.progress)
+    write_json_atomic(result_path(job.out, job.task, job.algo, job.seed), result)
+    return result
+
+
+def plan(config: BenchConfig, out: Path, log: Callable[[str], None]) -> tuple[dict[int, dict[str, Any]],
+                                                                                  dict[int, tuple]]:
+    """Every cell in order, split into finished results and cells still to run, both keyed by position."""
+    cells = [(t, a, s) for t in config.tasks for s in config.seeds for a in config.algorithms]
+    finished, todo = {}, {}
+    for i, (task, algo, seed) in enumerate(cells):
+        result = read_result(result_path(out, task, algo, seed), cell_key(config, task, algo, seed))
+        if result is None:
+            todo[i] = (task, algo, seed)
+        else:
+            log(f"[{i + 1}/{len(cells)}] {task.id} {algo.name} seed={seed}: done earlier, skipped")
+            finished[i] = result
+    return finished, todo
+
+
+def prepare_bases(config: BenchConfig, todo: dict[int, tuple], out: Path,
+                  log: Callable[[str], None]) -> dict[tuple[str, int], tuple[str, dict[str, Any]]]:
+    """Base checkpoint once per task and base eval once per (task, seed), for the cells still to run."""
+    bases: dict[tuple[str, int], tuple[str, dict[str, Any]]] = {}
+    with torch_threads(config.resources.cpus_per_cell):
+        for task in config.tasks:
+            seeds = [s for t, _, s in todo.values() if t.id == task.id]
+            if not seeds:
+                continue
+            env = textenv.make(task.id, **task.kwargs)
+            log(f"base model for {task.id}: {config.base_model}")
+            base_path = base_policy_path(config, env.unwrapped.task, out)
+            for seed in dict.fromkeys(seeds):
+                base = evaluate_base(config, env, load_policy(config, base_path), task.budget, seed, out)
+                bases[task.id, seed] = (base_path, base)
+    return bases
+
+
 def run(config: BenchConfig, out: str | Path, *, progress: bool = True,
-        log: Callable[[str], None] = lambda s: print(s, flush=True)) -> list[dict[str, Any]]:
-    """Run every missing cell of ``config`` into ``out``; returns all results (old and new)."""
+        log: Callable[[str], None] = lambda s: print(s, flush=True),
+        executor: executors.Executor | None = None) -> list[dict[str, Any]]:
+    """Run every missing cell of ``config`` into ``out``; returns all results (old and new), in plan order.
+
+    Plan the cells, prepare the base models and base evals they need here, then fan the cells out
+    through ``executor`` (default: one after the other in this process). Raises ``CellsFailed`` after
+    every other cell has finished if any cell failed.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "config.json", {"path": config.path, "config": config.raw})
-    cells = [(t, a, s) for t in config.tasks for s in config.seeds for a in config.algorithms]
-    results, done = [], 0
-    for task in config.tasks:
-        env = textenv.make(task.id, **task.kwargs)
-        base_path = None
-        for seed in config.seeds:
-            base = None
-            for algo in config.algorithms:
-                done += 1
-                path = out / "results" / slug(task.id) / algo.name / f"seed{seed}.json"
-                key = cell_key(config, task, algo, seed)
-                result = read_result(path, key)
-                label = f"[{done}/{len(cells)}] {task.id} {algo.name} seed={seed}"
-                if result is not None:
-                    log(f"{label}: done earlier, skipped")
-                    results.append(result)
-                    continue
-                if base_path is None:
-                    log(f"base model for {task.id}: {config.base_model}")
-                    base_path = base_policy_path(config, env.unwrapped.task, out)
-                if base is None:
-                    base = evaluate_base(config, env, load_policy(config, base_path), task.budget, seed, out)
-                log(f"{label}: training {task.budget.steps} steps")
-                result = run_cell(config, task, algo, seed, env, base_path, base, out, progress=progress)
-                write_json_atomic(path, result)
-                m = result["metrics"]
-                log(f"{label}: reward {m.get('reward', float('nan')):.3f}, ras {m.get('ras', float('nan')):.3f}, "
-                    f"nag {m.get('nag', float('nan')):+.3f} ({result['wall_time_s']:.1f}s)")
-                results.append(result)
+    finished, todo = plan(config, out, log)
+    bases = prepare_bases(config, todo, out, log)
+    executor = executor or executors.InProcess()
+    in_process = isinstance(executor, executors.InProcess)
+    jobs = [CellJob(config, task, algo, seed, *bases[task.id, seed], out, progress=progress and in_process)
+            for task, algo, seed in todo.values()]
+    position = {job.label: i for job, i in zip(jobs, todo, strict=True)}
+    total, failures = len(finished) + len(todo), []
+
+    def status() -> str:
+        done = len(finished) + len(failures)
+        running = min(executor.slots, total - done)
+        return f"[{done}/{total} done, {running} running, {total - done - running} left]"
+
+    def say_and_execute(job: CellJob) -> dict[str, Any]:  # in this process only: workers cannot log here
+        log(f"{status()} {job.label}: training {job.task.budget.steps} steps")
+        return execute_cell(job)
+
+    if not in_process:
+        log(f"{status()} running {len(jobs)} cell(s) on {executor.name}, {executor.slots} at a time")
+    cell = say_and_execute if in_process else execute_cell
+    for job, outcome in executor.map_unordered(cell, jobs, on_idle=lambda: log(f"{status()} still running")):
+        if isinstance(outcome, BaseException):
+            failures.append((job.label, outcome))
+            log(f"{status()} {job.label}: FAILED\n" + "".join(traceback.format_exception(outcome)).rstrip())
+            continue
+        finished[position[job.label]] = outcome
+        m = outcome["metrics"]
+        log(f"{status()} {job.label}: reward {m.get('reward', float('nan')):.3f}, "
+            f"ras {m.get('ras', float('nan')):.3f}, nag {m.get('nag', float('nan')):+.3f} "
+            f"({outcome['wall_time_s']:.1f}s)")
+    results = [finished[i] for i in sorted(finished)]
+    if failures:
+        raise CellsFailed(failures, results)
     return results
 
 
