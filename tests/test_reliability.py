@@ -267,6 +267,21 @@ def test_runner_refuses_an_entry_name_that_leaves_out_even_past_the_config_check
     assert not list(tmp_path.rglob("*escape*"))
 
 
+def test_a_failed_write_keeps_the_old_result_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "seed0.json"
+    runner.write_json_atomic(path, {"metrics": 1})
+
+    def disk_full(data, fh, **kwargs):
+        fh.write('{"metrics": ')
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(runner.json, "dump", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        runner.write_json_atomic(path, {"metrics": 2})
+    assert json.loads(path.read_text()) == {"metrics": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["seed0.json"]
+
+
 def test_report_on_missing_directory_fails_without_creating_it(tmp_path, capsys):
     missing = tmp_path / "no-such-run"
     assert cli(["report", str(missing)]) == 2
