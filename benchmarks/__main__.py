@@ -4,6 +4,7 @@ and ``python -m benchmarks report DIR``."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,18 @@ def executor_problem(kind: str, jobs: int | None, address: str | None) -> str | 
     if kind != "ray" and address is not None:
         return "--address needs --executor ray"
     return None
+
+
+def saved_config(path: Path) -> bench_config.BenchConfig:
+    """The config a run saved in its ``config.json``; any damage is a BenchConfigError naming the file."""
+    try:
+        raw = json.loads(path.read_text())
+        return bench_config.parse(raw["config"], where=f"{raw['path']} (as saved in {path})")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise bench_config.BenchConfigError(f"{path}: not valid JSON ({err})") from err
+    except (KeyError, TypeError) as err:
+        raise bench_config.BenchConfigError(f"{path}: not a saved benchmark config (needs \"path\" and "
+                                            f"\"config\"): {err!r}") from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,13 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         print(summary.get("markdown_summary", ""))
         return 0
     if args.command == "report":
+        if not args.out.is_dir():
+            print(f"error: {args.out}: no such run directory (expected the --out of a benchmark run)",
+                  file=sys.stderr)
+            return 2
         cfg_path = args.out / "config.json"
         title, paper, target = str(args.out), False, "grao"
         if cfg_path.exists():
-            import json
-
-            raw = json.loads(cfg_path.read_text())
-            parsed = bench_config.parse(raw["config"], where=raw["path"])
+            try:
+                parsed = saved_config(cfg_path)
+            except bench_config.BenchConfigError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
             title, paper, target = parsed.title, parsed.paper_protocol, parsed.target
         summary = write_report(load_results(args.out), args.out, title=title, paper_protocol=paper, target=target)
         print(summary.get("markdown_summary", ""))

@@ -40,6 +40,8 @@ Every error names the file and the offending key. A config looks like::
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,6 +117,11 @@ class BenchConfig:
 _TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms", "resources"}
 _BASE = {"model", "dtype", "device", "trust_remote_code", "recipe"}
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+# Entry names and task slugs become folders under --out: one plain component, never "..", "/" or "\\".
+_SAFE_NAME = re.compile(r"[\w+-][\w.+-]*")
+MAX_SEED = 2**31 - 1  # eval seeds add the run seed; both must stay valid generator seeds
+# Task kwargs that name a folder the task writes its cache into.
+_CACHE_KWARGS = {"cache", "cache_dir"}
 
 
 def _fail(where: str, message: str) -> BenchConfigError:
@@ -130,15 +137,43 @@ def _check_keys(table: Any, allowed: set[str], where: str, section: str) -> dict
     return table
 
 
-def _typed(value: Any, kind: type, where: str, key: str, minimum: float | None = None) -> Any:
+def _typed(value: Any, kind: type, where: str, key: str, minimum: float | None = None,
+           maximum: float | None = None, above: float | None = None) -> Any:
+    """``value`` as ``kind`` (an int is a fine float), finite, within ``[minimum, maximum]`` and ``> above``."""
     ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
     if not ok:
         raise _fail(where, f"{key} must be {_TYPES[kind]}, got {type(value).__name__} {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise _fail(where, f"{key} must be a finite number, got {value}")
     if minimum is not None and value < minimum:
         raise _fail(where, f"{key} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise _fail(where, f"{key} must be <= {maximum}, got {value}")
+    if above is not None and value <= above:
+        raise _fail(where, f"{key} must be > {above}, got {value}")
     return value
+
+
+def path_component(name: str) -> str:
+    """The folder name a task id or entry name becomes under --out (``textenv/X-v0`` -> ``textenv__X-v0``)."""
+    return name.replace("/", "__")
+
+
+def _check_name(name: Any, where: str, key: str, folder: str | None = None) -> str:
+    """Refuse a name whose ``folder`` (itself unless given) is not one safe folder under --out ("../x", "/abs")."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name if folder is None else folder):
+        raise _fail(where, f"{key}: {name!r} cannot name a folder under --out; use letters, digits, "
+                    "'_', '-', '+' and '.' (not first)")
+    return name
+
+
+# [eval] bounds: (minimum, maximum, strictly above); everything else in [budget]/[eval] is an int >= 1.
+_BOUNDS: dict[str, tuple[float | None, float | None, float | None]] = {
+    "seed": (0, MAX_SEED, None), "every": (0, None, None),
+    "temperature": (None, None, 0.0), "top_p": (None, 1.0, 0.0),
+}
 
 
 def _dataclass_from(cls: type, table: dict[str, Any], where: str, section: str, defaults: Any = None) -> Any:
@@ -149,9 +184,49 @@ def _dataclass_from(cls: type, table: dict[str, Any], where: str, section: str, 
     values = dataclasses.asdict(defaults) if defaults is not None else {}
     for key, value in table.items():
         kind = {"int": int, "float": float}[fields[key].type]
-        minimum = 0 if kind is float or key in {"seed", "every"} else 1
-        values[key] = _typed(value, kind, where, f"[{section}] {key}", minimum=minimum)
+        minimum, maximum, above = _BOUNDS.get(key, (1, None, None))
+        values[key] = _typed(value, kind, where, f"[{section}] {key}", minimum, maximum, above)
     return cls(**values)
+
+
+def _check_base_options(options: dict[str, Any], where: str) -> None:
+    """[base] dtype names a torch dtype, device parses as a torch device, [base.recipe] fits TinyRecipe."""
+    import dataclasses
+
+    import torch
+
+    from algos.tiny import TinyRecipe
+
+    if "trust_remote_code" in options:
+        _typed(options["trust_remote_code"], bool, where, "[base] trust_remote_code")
+    if "dtype" in options:
+        dtype = _typed(options["dtype"], str, where, "[base] dtype")
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise _fail(where, f"[base] dtype {dtype!r} is not a torch dtype name; e.g. float32, bfloat16, float16")
+    if "device" in options:
+        device = _typed(options["device"], str, where, "[base] device")
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError) as err:
+            raise _fail(where, f"[base] device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): "
+                        f"{err}") from err
+    if "recipe" in options:
+        fields = {f.name: f for f in dataclasses.fields(TinyRecipe)}
+        recipe = _check_keys(options["recipe"], set(fields), where, "base.recipe")
+        for key, value in recipe.items():
+            kind = {"int": int, "float": float, "str": str, "bool": bool}[fields[key].type]
+            minimum = None if kind in (str, bool) else 0 if kind is float or key in {"seed", "warmup_steps"} else 1
+            _typed(value, kind, where, f"[base.recipe] {key}", minimum=minimum)
+        if recipe.get("arch", "llama") not in ("llama", "gpt2"):
+            raise _fail(where, f"[base.recipe] arch must be 'llama' or 'gpt2', got {recipe['arch']!r}")
+
+
+def _check_cache_kwargs(kwargs: dict[str, Any], where: str, section: str) -> None:
+    """A task kwarg naming a cache folder is a string, and not a file that is already there."""
+    for key in _CACHE_KWARGS & set(kwargs):
+        folder = _typed(kwargs[key], str, where, f"[{section}] kwargs.{key}")
+        if not folder or Path(folder).exists() and not Path(folder).is_dir():
+            raise _fail(where, f"[{section}] kwargs.{key} must name a folder, got {folder!r}")
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
@@ -183,18 +258,15 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
     title = _typed(raw.get("title", Path(where).stem), str, where, "title")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
-                                                           for s in seeds):
-        raise _fail(where, f"seeds must be a non-empty list of integers, got {seeds!r}")
+                                                           and 0 <= s <= MAX_SEED for s in seeds):
+        raise _fail(where, f"seeds must be a non-empty list of integers in [0, {MAX_SEED}], got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise _fail(where, f"seeds has duplicates: {seeds}")
 
     base = _check_keys(raw.get("base", {}), _BASE, where, "base")
     base_model = _typed(base.get("model", "tiny"), str, where, "[base] model")
     base_options = {k: v for k, v in base.items() if k != "model"}
-    if "trust_remote_code" in base_options:
-        _typed(base_options["trust_remote_code"], bool, where, "[base] trust_remote_code")
-    if "recipe" in base_options:
-        _check_keys(base_options["recipe"], set(base_options["recipe"]), where, "base.recipe")
+    _check_base_options(base_options, where)
 
     budget = _dataclass_from(Budget, raw.get("budget", {}), where, "budget")
     evaluation = _dataclass_from(EvalSpec, raw.get("eval", {}), where, "eval")
@@ -217,6 +289,8 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
         kwargs = table.pop("kwargs", {})
         if not isinstance(kwargs, dict):
             raise _fail(where, f"[{section}] kwargs must be a table")
+        _check_name(task_id, where, f"[{section}]", folder=path_component(task_id))
+        _check_cache_kwargs(kwargs, where, section)
         try:
             textenv.check_task_kwargs(task_id, **kwargs)
         except textenv.TaskError as err:
@@ -229,6 +303,7 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
     specs = []
     for name, table in algo_table.items():
         section = f"algorithms.{name}"
+        _check_name(name, where, f"[{section}]")
         if not isinstance(table, dict):
             raise _fail(where, f"[{section}] must be a table")
         table = dict(table)
@@ -249,6 +324,8 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
         specs.append(AlgoSpec(name, algorithm, table, sft_steps))
 
     target = raw.get("target", "grao" if "grao" in algo_table else None)
+    if target is not None:
+        _typed(target, str, where, "target")
     if target is not None and target not in algo_table:
         raise _fail(where, f"target {target!r} is not one of the [algorithms] entries: {', '.join(algo_table)}")
     paper = _typed(raw.get("paper_protocol", False), bool, where, "paper_protocol")

@@ -9,8 +9,9 @@ Layout of an output directory::
     report.md, report.json, *.png
 
 A rerun skips every cell whose result file is valid and was produced by the same settings; a corrupt
-or stale file is set aside (renamed ``*.corrupt``) and the cell is run again. A crash loses at most the
-cells in flight.
+or stale file is set aside (renamed ``*.corrupt-<time>``) and the cell is run again, with its TensorBoard
+folder cleared first. A crash loses at most the cells in flight. Every write goes through ``out_path``,
+which refuses any path that would leave the output folder.
 
 ``run`` plans the cells, prepares base checkpoints and base evals here, then hands each cell to an
 executor (``benchmarks.executors``: this process, local worker processes or Ray) as a picklable
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -36,7 +38,7 @@ import algos
 import textenv
 from algos import Policy
 from benchmarks import executors
-from benchmarks.config import AlgoSpec, BenchConfig, TaskSpec
+from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
 
 SCHEMA = 1
 REQUIRED = {"schema", "key", "task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history",
@@ -44,18 +46,51 @@ REQUIRED = {"schema", "key", "task", "algorithm", "algo", "seed", "metrics", "ba
 
 
 def slug(task_id: str) -> str:
-    return task_id.replace("/", "__")
+    return path_component(task_id)
+
+
+def out_path(out: str | Path, *parts: str) -> Path:
+    """``out/part/...`` where each part is one plain folder or file name: no write ever leaves ``out``."""
+    path = Path(out, *parts)
+    root = os.path.abspath(out)
+    bad = [p for p in parts if p in ("", ".", "..") or Path(p).name != p or "\\" in p]
+    if bad or os.path.commonpath([root, os.path.abspath(path)]) != root:
+        raise BenchConfigError(f"refusing to write {str(path)!r}: {bad[0] if bad else path!r} would leave the "
+                               f"output folder {str(out)!r}")
+    return path
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, before a cell trains, if its result could not be written afterwards."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"{folder}: cannot write results here ({err}); nothing was trained") from err
+
+
+def set_aside(path: Path, problem: str, then: str) -> None:
+    """Rename a bad file to ``*.corrupt-<time>`` (kept for inspection, never read again) and say so."""
+    aside = path.with_suffix(f".corrupt-{int(time.time())}")
+    path.rename(aside)
+    print(f"! {path}: {problem}; moved to {aside.name} and {then}", flush=True)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves the old file and no litter
+        raise
 
 
 def read_result(path: Path, key: str) -> dict[str, Any] | None:
@@ -75,9 +110,7 @@ def read_result(path: Path, key: str) -> dict[str, Any] | None:
         result, problem = None, f"not valid JSON ({err})"
     if problem is None:
         return result
-    aside = path.with_suffix(f".corrupt-{int(time.time())}")
-    path.rename(aside)
-    print(f"! {path}: {problem}; moved to {aside.name} and running the cell again", flush=True)
+    set_aside(path, problem, "running the cell again")
     return None
 
 
@@ -115,19 +148,48 @@ def agent_config(algo: AlgoSpec, budget, seed: int) -> dict[str, Any]:
     return {**algo.hyperparameters, **shared}
 
 
+def checkpoint_identity(name_or_path: str) -> list[Any]:
+    """A local checkpoint's path and a fingerprint of its files (name, size, mtime); a hub name as is."""
+    folder = Path(name_or_path)
+    if not name_or_path or not folder.is_dir():
+        return [name_or_path]
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return [str(folder.resolve())] + [[str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns]
+                                      for p in files]
+
+
+def base_eval_key(config: BenchConfig, env: Any, policy: Policy, budget, seed: int) -> str:
+    """A hash of everything the base eval depends on: task and its kwargs, checkpoint, eval settings, seed."""
+    payload = [env.spec.id, env.spec.kwargs, config.base_model, config.base_options,
+               checkpoint_identity(policy.model.name_or_path), asdict(config.eval), budget.max_new_tokens, seed]
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_base_eval(path: Path, key: str, n: int) -> dict[str, Any] | None:
+    """A cached base eval made with ``key`` for ``n`` prompts, else None; a corrupt file is set aside."""
+    if not path.exists():
+        return None
+    try:
+        cached = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        set_aside(path, f"not valid JSON ({err})", "evaluating the base model again")
+        return None
+    completions = cached.get("completions") if isinstance(cached, dict) else None
+    if not (isinstance(completions, list) and all(isinstance(c, str) for c in completions)
+            and isinstance(cached.get("metrics"), dict) and isinstance(cached.get("key"), str)):
+        set_aside(path, "not a base eval (needs key, completions, metrics)", "evaluating the base model again")
+        return None
+    return cached if cached["key"] == key and len(completions) == n else None
+
+
 def evaluate_base(config: BenchConfig, env: Any, policy: Policy, budget, seed: int, out: Path) -> dict[str, Any]:
     """The base model's eval completions and metrics for this (task, seed), computed once and cached."""
-    path = out / "base_eval" / slug(env.spec.id) / f"seed{seed}.json"
-    key = hashlib.sha256(json.dumps([config.base_model, config.base_options, asdict(config.eval),
-                                     budget.max_new_tokens, seed], default=str).encode()).hexdigest()[:16]
-    if path.exists():
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached
-        except json.JSONDecodeError:
-            pass
+    path = out_path(out, "base_eval", slug(env.spec.id), f"seed{seed}.json")
+    key = base_eval_key(config, env, policy, budget, seed)
     examples = env.unwrapped.task.split("eval")[:config.eval.prompts]
+    cached = read_base_eval(path, key, len(examples))
+    if cached is not None:
+        return cached
     completions = policy.generate([ex.prompt for ex in examples], temperature=config.eval.temperature,
                                   top_p=config.eval.top_p, max_new_tokens=budget.max_new_tokens,
                                   seed=config.eval.seed + seed).texts
@@ -152,7 +214,8 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     agent = algos.make(algo.algorithm, policy, **agent_config(algo, budget, seed))
     evaluation = {"num_prompts": config.eval.prompts, "seed": config.eval.seed + seed,
                   "temperature": config.eval.temperature, "top_p": config.eval.top_p}
-    log_dir = out / "tensorboard" / slug(task.id) / algo.name / f"seed{seed}"
+    log_dir = out_path(out, "tensorboard", slug(task.id), algo.name, f"seed{seed}")
+    shutil.rmtree(log_dir, ignore_errors=True)  # a killed or stale attempt's logs must not mix in
     rl_history = agent.learn(env, budget.steps, eval_env=env, eval_every=config.eval.every,
                              eval_kwargs=evaluation, log_dir=log_dir, progress=progress)
     # After an SFT warm start the RL steps continue its count, so curves read left to right.
@@ -199,7 +262,7 @@ class CellsFailed(RuntimeError):
 
 
 def result_path(out: Path, task: TaskSpec, algo: AlgoSpec, seed: int) -> Path:
-    return out / "results" / slug(task.id) / algo.name / f"seed{seed}.json"
+    return out_path(out, "results", slug(task.id), algo.name, f"seed{seed}.json")
 
 
 @contextmanager
@@ -215,11 +278,13 @@ def torch_threads(n: int) -> Iterator[None]:
 
 def execute_cell(job: CellJob) -> dict[str, Any]:
     """Run one cell and write its result file atomically: the same code in this process, a worker or Ray."""
+    path = result_path(job.out, job.task, job.algo, job.seed)
+    check_writable(path.parent)
     with torch_threads(job.config.resources.cpus_per_cell):
         env = textenv.make(job.task.id, **job.task.kwargs)
         result = run_cell(job.config, job.task, job.algo, job.seed, env, job.base_path, job.base, job.out,
                           progress=job.progress)
-    write_json_atomic(result_path(job.out, job.task, job.algo, job.seed), result)
+    write_json_atomic(path, result)
     return result
 
 
@@ -267,7 +332,7 @@ def run(config: BenchConfig, out: str | Path, *, progress: bool = True,
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", {"path": config.path, "config": config.raw})
+    write_json_atomic(out_path(out, "config.json"), {"path": config.path, "config": config.raw})
     finished, todo = plan(config, out, log)
     bases = prepare_bases(config, todo, out, log)
     executor = executor or executors.InProcess()

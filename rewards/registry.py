@@ -97,22 +97,42 @@ def _callable_name(fn: Any) -> str:
     return getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__
 
 
-def check_values(values: Any, n: int, who: str) -> np.ndarray:
-    """Validate a reward's output: numeric, 1-D, length ``n``, finite. ``who`` names the culprit."""
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # rewards become float32 tensors in the losses
+
+
+def _numbers(values: Any, who: str) -> np.ndarray:
+    """``values`` as float64. A torch tensor is detached first: a reward is a signal, never part of the
+    policy's graph. Strings (even "1.5") are refused rather than parsed: they mean a bug in the reward."""
+    if callable(getattr(values, "detach", None)):
+        values = values.detach().cpu()
     try:
-        arr = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as err:
+        raw = np.asarray(values)
+        if raw.dtype.kind in "USOc":
+            items = list(values) if isinstance(values, list | tuple) else raw.reshape(-1).tolist()
+            bad = next((i for i, v in enumerate(items) if isinstance(v, str | bytes | complex | np.complexfloating)),
+                       None)
+            if bad is not None:
+                raise TypeError(f"value {items[bad]!r} at index {bad} is not a real number")
+        return raw.astype(np.float64)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise RewardError(f"{who} returned non-numeric values ({type(values).__name__}): {err}") from err
+
+
+def check_values(values: Any, n: int, who: str) -> np.ndarray:
+    """Validate a reward's output: numeric, 1-D, length ``n``, finite in float32. ``who`` names the culprit."""
+    arr = _numbers(values, who)
     if arr.ndim == 0:
         raise RewardError(f"{who} returned a scalar; expected one value per completion ({n})")
     arr = arr.reshape(-1) if arr.ndim > 1 and arr.size == n else arr
     if arr.ndim != 1 or arr.shape[0] != n:
         raise RewardError(f"{who} returned {arr.shape[0] if arr.ndim == 1 else arr.shape} values "
                           f"for {n} completions")
-    bad = np.flatnonzero(~np.isfinite(arr))
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(~(np.abs(arr) <= FLOAT32_MAX))
     if bad.size:
         i = int(bad[0])
-        raise RewardError(f"{who} returned a non-finite value ({arr[i]}) at index {i}"
+        what = "non-finite value" if not np.isfinite(arr[i]) else "value too large for float32"
+        raise RewardError(f"{who} returned a {what} ({arr[i]}) at index {i}"
                           f"{f' and {bad.size - 1} more' if bad.size > 1 else ''}")
     return arr
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import json
 import warnings
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,20 @@ def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **m
     return examples_from_columns(columns, source, **mapping)
 
 
+def _lines(f: Any, path: Path) -> Iterable[bytes]:
+    """The file's lines as bytes; a ``.gz`` file that is not gzip is a TaskError naming it."""
+    try:
+        yield from f
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise TaskError(f"{str(path)!r}: not a valid gzip file ({err}); is it really compressed?") from err
+
+
+def check_limit(limit: int | None, source: Any) -> None:
+    """``limit`` keeps the first rows: None (all) or an integer >= 0; a negative one would drop from the end."""
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise TaskError(f"{str(source)!r}: limit must be None or an integer >= 0, got {limit!r}")
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a ``.jsonl`` or ``.jsonl.gz`` file; a bad line is reported with its number."""
     path = Path(path)
@@ -82,8 +97,12 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         raise TaskError(f"{str(path)!r}: no such file")
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with opener(path, "rb") as f:
+        for lineno, raw in enumerate(_lines(f, path), 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise TaskError(f"{str(path)!r}, line {lineno}: not UTF-8 text ({err})") from err
             if not line.strip():
                 continue
             try:
@@ -102,6 +121,7 @@ def load_jsonl(path: str | Path, *, prompt: str = "prompt", reference: str | Non
                chosen: str | None = None, rejected: str | None = None,
                meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None) -> list[Example]:
     """Examples from a JSON-lines file (``.gz`` too), with the column mapping described in the module doc."""
+    check_limit(limit, path)
     rows = read_jsonl(path)[:limit]
     return examples_from_records(rows, repr(str(path)), prompt=prompt, reference=reference, chosen=chosen,
                                  rejected=rejected, meta=meta)
@@ -155,6 +175,7 @@ def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", refere
             meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
             limit: int | None = None, **load_kw: Any) -> list[Example]:
     """Examples from a Hugging Face dataset (object, local path or hub name) with a column mapping."""
+    check_limit(limit, source if isinstance(source, str | Path) else "dataset")
     ds = hf_dataset(source, split, data_dir=data_dir, **load_kw)
     name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
     if limit is not None:
@@ -220,6 +241,7 @@ def load_hh(source: Any, split: str = "train", *, subset: str | None = None, dat
 
     Each example's ``meta["subset"]`` is ``subset``, or else read from ``data_dir`` / the file path.
     """
+    check_limit(limit, source if isinstance(source, str | Path) else "HH dataset")
     where = " ".join(str(x) for x in (data_dir, source if isinstance(source, str | Path) else None) if x)
     label = subset or subset_label(where, default=data_dir or "hh")
     path = Path(source) if isinstance(source, str | Path) else None

@@ -207,6 +207,9 @@ def make(id: str, **kwargs: Any) -> gymnasium.Env:
 
 def make_vec(id: str, num_prompts: int = 1, group_size: int = 1, **kwargs: Any) -> TextVectorEnv:
     """A ``TextVectorEnv`` of ``num_prompts x group_size`` sub-envs via ``gymnasium.make_vec``."""
+    for name, value in (("num_prompts", num_prompts), ("group_size", group_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"make_vec({id!r}): {name} must be an integer >= 1, got {value!r}")
     return gymnasium.make_vec(resolve_id(id), num_envs=num_prompts * group_size, group_size=group_size, **kwargs)
 
 
