@@ -27,7 +27,16 @@ from textenv.registry import (
     unregister,
 )
 from textenv.spaces import TextSpace
-from textenv.task import Example, Task, TaskError, columns_of
+from textenv.task import (
+    Example,
+    Task,
+    TaskError,
+    columns_of,
+    is_conversational,
+    message_text,
+    prompt_text,
+    render_messages,
+)
 from textenv.token_env import TokenEnv
 
 __all__ = [
@@ -44,6 +53,7 @@ __all__ = [
     "columns_of",
     "evaluate_completions",
     "hf_dataset",
+    "is_conversational",
     "list_envs",
     "load_hf",
     "load_hh",
@@ -52,7 +62,10 @@ __all__ = [
     "make",
     "make_task",
     "make_vec",
+    "message_text",
     "parse_hh",
+    "prompt_text",
     "register",
+    "render_messages",
     "unregister",
 ]
