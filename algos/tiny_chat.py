@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from algos.tiny import cache_root
 
@@ -102,6 +103,8 @@ def build_tiny_chat_model(cache_dir: str | Path | None = None, *, vocab_size: in
     model = _model(len(tokenizer), eos_id, pad_id, hidden_size, num_layers, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()        # a sub-second save needs no progress bar
     try:
         model.save_pretrained(tmp)          # safetensors, config.json, generation_config.json
         tokenizer.save_pretrained(tmp)
@@ -112,4 +115,6 @@ def build_tiny_chat_model(cache_dir: str | Path | None = None, *, vocab_size: in
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
     return path
