@@ -300,3 +300,38 @@ def test_builtin_envs_still_serve_plain_text_prompts():
     env = textenv.make("textenv/Arithmetic-v0")
     obs, info = env.reset(seed=0)
     assert isinstance(obs, str) and info["prompt"] == obs
+
+
+# ---- reward models that read text ---------------------------------------------------------------------
+
+def test_bradley_terry_reads_a_conversation_as_its_plain_rendering():
+    import torch
+
+    from rewards import BradleyTerryRewardModel, BTConfig
+
+    torch.manual_seed(0)
+    model = BradleyTerryRewardModel(BTConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32))
+    conversation = [SYSTEM, user("2+2?")]
+    as_messages = model.score([conversation, "q"], ["4", "a"])
+    as_text = model.score(["system: Answer with a number.\nuser: 2+2?\nassistant: ", "q"], ["4", "a"])
+    np.testing.assert_allclose(as_messages, as_text, rtol=1e-6)
+
+
+def test_sequence_classifier_applies_the_chat_template_to_conversations(tmp_path):
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    import rewards
+    from algos.tiny_chat import build_tiny_chat_model
+
+    path = build_tiny_chat_model(tmp_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(path, num_labels=1))
+    concat = rewards.get("sequence_classifier", model=model, tokenizer=tok)
+    alone = rewards.get("sequence_classifier", model=model, tokenizer=tok, inputs="completion")
+    conversation = [user("2+2?")]
+    templated = tok.apply_chat_template([*conversation, assistant("4")], tokenize=False)
+    assert templated.endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n")
+    np.testing.assert_allclose(concat([conversation, "plain "], ["4", "text"]),
+                               alone(["", ""], [templated, "plain text"]), rtol=1e-5)

@@ -11,6 +11,7 @@ entry-point group (see ``textenv.registry``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
+from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
 from textenv.metrics import evaluate_completions
@@ -34,8 +35,6 @@ from textenv.task import (
     columns_of,
     is_conversational,
     message_text,
-    prompt_text,
-    render_messages,
 )
 from textenv.token_env import TokenEnv
 
@@ -51,6 +50,7 @@ __all__ = [
     "TokenEnv",
     "check_task_kwargs",
     "columns_of",
+    "conversation_text",
     "evaluate_completions",
     "hf_dataset",
     "is_conversational",

@@ -25,8 +25,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from rewards import RewardError
+from rewards.messages import conversation_text, prompt_text
 from textenv.spaces import TextSpace
-from textenv.task import Example, Task, TaskError, Text, columns_of, message_text, prompt_text, render_messages
+from textenv.task import Example, Task, TaskError, columns_of, message_text
 
 RESET_OPTIONS = frozenset({"split", "index"})
 
@@ -107,11 +108,6 @@ def episode_info(split: str, index: int, ex: Example) -> dict[str, Any]:
     return {**texts, "index": index, "split": split, "meta": copy.deepcopy(dict(ex.meta))}
 
 
-def episode_text(prompt: Text, completion: str = "") -> str:
-    """The observation text: prompt + completion, or the rendered conversation with the completion as its reply."""
-    if isinstance(prompt, str):
-        return prompt + completion
-    return render_messages([*prompt, {"role": "assistant", "content": completion}])
 
 
 class TextGenEnv(TaskScoring, gym.Env[str, str]):
@@ -131,7 +127,8 @@ class TextGenEnv(TaskScoring, gym.Env[str, str]):
             raise ValueError(f"{task.name}: render_mode must be None or 'ansi', got {render_mode!r}")
         task.split(split)
         self.task, self.split, self.render_mode = task, split, render_mode
-        longest_prompt = max(len(episode_text(ex.prompt)) for examples in task.splits.values() for ex in examples)
+        prompts = [ex.prompt for examples in task.splits.values() for ex in examples]
+        longest_prompt = max(len(conversation_text(p, "")) for p in prompts)
         self.action_space = TextSpace(max_length)
         self.observation_space = TextSpace(longest_prompt + max_length)
         self._episode: tuple[str, int, Example] | None = None
@@ -158,7 +155,7 @@ class TextGenEnv(TaskScoring, gym.Env[str, str]):
         split, index, ex = self._episode
         total, parts = self.score([ex], [action])
         self._episode = None
-        self._text = episode_text(ex.prompt, action)
+        self._text = conversation_text(ex.prompt, action)
         info = episode_info(split, index, ex)
         info["reward_components"] = {k: float(v[0]) for k, v in parts.items()}
         return self._text, float(total[0]), True, False, info
@@ -273,7 +270,7 @@ class TextVectorEnv(VectorEnv):
         total, parts = self.env.score(examples, actions)
         final_info = self._infos()
         final_info["reward_components"] = dict(parts)
-        final_obs = _objects([episode_text(ex.prompt, a) for ex, a in zip(examples, actions, strict=True)])
+        final_obs = _objects([conversation_text(ex.prompt, a) for ex, a in zip(examples, actions, strict=True)])
         self._episodes = self._draw({"split": self.split})
         infos = _masked(self._infos(), self.num_envs)
         infos |= _masked({"final_obs": final_obs, "final_info": final_info}, self.num_envs)

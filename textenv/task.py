@@ -79,20 +79,6 @@ def message_text(x: Text) -> str:
     return "\n".join(parts)
 
 
-def render_messages(messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = False) -> str:
-    """A plain, template-free rendering, one ``"role: content"`` line per message (observations, logs).
-
-    ``add_generation_prompt`` ends it with ``"\nassistant:"``, the cue for a model without a chat template.
-    """
-    text = "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-    return text + "\nassistant:" if add_generation_prompt else text
-
-
-def prompt_text(prompt: Text) -> str:
-    """A prompt as one string: plain text as is, messages rendered by ``render_messages``."""
-    return prompt if isinstance(prompt, str) else render_messages(prompt)
-
-
 def split_conversation(messages: Any, where: str) -> tuple[list[Message], list[Message]]:
     """TRL's "messages" column: ``(prompt, [answer])`` split at the last assistant message.
 

@@ -14,9 +14,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rewards.messages import render_messages
 from rewards.tiny import byte_tokenizer
 from textenv.env import TaskScoring, episode_info
-from textenv.task import Example, Task, TaskError, Text, render_messages
+from textenv.task import Example, Task, TaskError, Text
 
 
 class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
