@@ -244,11 +244,11 @@ def test_load_hf_trl_conversational_dataset():
 
 MESSAGES_ROWS = [
     {"messages": [user("Hi"), assistant("Hello!"), user("2+2?"), assistant("4")]},
-    {"messages": [SYSTEM, user("3+3?"), assistant("6"), user("thanks")]},    # ends on a user turn
+    {"messages": [SYSTEM, user("3+3?"), assistant("6")]},
 ]
 
 
-def test_messages_column_splits_at_the_last_assistant_message(tmp_path):
+def test_messages_column_splits_off_the_last_assistant_message(tmp_path):
     expected = [Example([user("Hi"), assistant("Hello!"), user("2+2?")], reference=[assistant("4")]),
                 Example([SYSTEM, user("3+3?")], reference=[assistant("6")])]
     assert load_hf(datasets.Dataset.from_list(MESSAGES_ROWS), messages="messages") == expected
@@ -258,9 +258,13 @@ def test_messages_column_splits_at_the_last_assistant_message(tmp_path):
 def test_messages_column_errors(tmp_path):
     with pytest.raises(TaskError, match="gives both the prompt and the reference"):
         load_hf(datasets.Dataset.from_list(MESSAGES_ROWS), messages="messages", reference="messages")
-    path = write_jsonl(tmp_path / "m.jsonl", [*MESSAGES_ROWS, {"messages": [user("no answer")]}])
-    with pytest.raises(TaskError, match=r"m.jsonl': row 2, column 'messages': the conversation has no assistant"):
+    path = write_jsonl(tmp_path / "m.jsonl", [*MESSAGES_ROWS, {"messages": [user("2+2?"), assistant("4"),
+                                                                        user("thanks")]}])
+    with pytest.raises(TaskError, match=r"m.jsonl': row 2, column 'messages': the conversation ends with a 'user' "
+                                        r"message; its last message must be the assistant's answer"):
         load_jsonl(path, messages="messages")
+    with pytest.raises(TaskError, match=r"row 0, column 'messages': the conversation is only an assistant message"):
+        load_hf(datasets.Dataset.from_list([{"messages": [assistant("hi")]}]), messages="messages")
     path = write_jsonl(tmp_path / "n.jsonl", [{"text": "x"}])
     with pytest.raises(TaskError, match="row 0 is missing column 'messages'"):
         load_jsonl(path, messages="messages")

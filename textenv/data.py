@@ -7,9 +7,9 @@ A named column that is missing, or a dataset with no rows, raises ``TaskError`` 
 
 Conversational data (TRL's format) loads as it is: a prompt column of message lists, ``reference=
 "completion"``, and ``chosen``/``rejected`` as assistant message lists. ``messages=`` names a column of
-whole conversations (TRL's "messages") instead of ``prompt=``/``reference=``: the prompt is every
-message before the last assistant message and the reference is that message. A malformed message is
-an error naming the source, the row and the column.
+whole conversations (TRL's "messages") instead of ``prompt=``/``reference=``: the reference is the
+last message, which must be the assistant's, and the prompt every message before it. A malformed
+message is an error naming the source, the row and the column.
 
 The HH-RLHF format is a dialogue in one string, "\\n\\nHuman: ...\\n\\nAssistant: ...", possibly with
 several turns. ``parse_hh`` splits it TRL-style: the prompt is everything up to and including the last

@@ -108,8 +108,6 @@ def episode_info(split: str, index: int, ex: Example) -> dict[str, Any]:
     return {**texts, "index": index, "split": split, "meta": copy.deepcopy(dict(ex.meta))}
 
 
-
-
 class TextGenEnv(TaskScoring, gym.Env[str, str]):
     """One prompt per episode; the action is the whole completion; terminated after one step.
 

@@ -80,18 +80,18 @@ def message_text(x: Text) -> str:
 
 
 def split_conversation(messages: Any, where: str) -> tuple[list[Message], list[Message]]:
-    """TRL's "messages" column: ``(prompt, [answer])`` split at the last assistant message.
+    """TRL's "messages" column: ``(prompt, [answer])``, the answer being the last message.
 
-    The prompt is every message before it (it must not be empty), the answer that message alone.
+    The last message must be the assistant's (a trailing user turn would have nowhere to go) and the
+    prompt, every message before it, must not be empty.
     """
     messages = check_messages(messages, where)
-    last = max((j for j, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise TaskError(f"{where}: the conversation has no assistant message to use as the reference")
-    if last == 0:
-        raise TaskError(f"{where}: the conversation starts with its only assistant message; nothing is left "
-                        "for the prompt")
-    return messages[:last], [messages[last]]
+    if messages[-1]["role"] != "assistant":
+        raise TaskError(f"{where}: the conversation ends with a {messages[-1]['role']!r} message; its last "
+                        "message must be the assistant's answer, which becomes the reference")
+    if len(messages) == 1:
+        raise TaskError(f"{where}: the conversation is only an assistant message; nothing is left for the prompt")
+    return messages[:-1], messages[-1:]
 
 
 @dataclass(frozen=True)
