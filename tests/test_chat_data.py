@@ -7,6 +7,8 @@ import datasets
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import textenv
 from rewards import RewardError
@@ -339,3 +341,21 @@ def test_sequence_classifier_applies_the_chat_template_to_conversations(tmp_path
     assert templated.endswith("<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n")
     np.testing.assert_allclose(concat([conversation, "plain "], ["4", "text"]),
                                alone(["", ""], [templated, "plain text"]), rtol=1e-5)
+
+
+# ---- property: every observation fits the observation space ---------------------------------------------
+
+MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool"]),
+                                           "content": st.text(max_size=30)}), min_size=1, max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(prompts=st.lists(st.one_of(st.text(max_size=40), MESSAGES), min_size=1, max_size=4),
+       completion=st.text(max_size=16), pick=st.integers(0, 3))
+def test_every_observation_fits_the_space(prompts, completion, pick):
+    task = Task("Any-v0", {"train": [Example(p) for p in prompts]}, reward=reward_len)
+    env = TextGenEnv(task, max_length=16)
+    obs, info = env.reset(options={"index": pick % len(prompts)})
+    assert env.observation_space.contains(obs) and info["prompt"] == prompts[pick % len(prompts)]
+    obs, *_ = env.step(completion)
+    assert env.observation_space.contains(obs) and obs.endswith(completion)
