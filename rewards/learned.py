@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig, LlamaModel
 
+from rewards.messages import conversation_text, prompt_text
 from rewards.registry import RewardError, register
 from rewards.tiny import byte_tokenizer
 
@@ -61,9 +62,9 @@ class BradleyTerryRewardModel(torch.nn.Module):
 
     def encode(self, prompts: Sequence[str], completions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """BOS + (prompt + completion) + EOS, truncated from the left (the end of the answer matters
-        most), right-padded so positions do not depend on the batch."""
+        most), right-padded so positions do not depend on the batch. A conversation is rendered plainly."""
         tok, keep = self.tokenizer, self.config.max_length - 2
-        texts = [p + c for p, c in zip(prompts, completions, strict=True)]
+        texts = [conversation_text(p, c) for p, c in zip(prompts, completions, strict=True)]
         rows = [[tok.bos_token_id, *ids[-keep:], tok.eos_token_id] for ids in tok(texts)["input_ids"]]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -182,6 +183,8 @@ class SequenceClassifierReward:
     ``output`` is the raw ``"logit"`` or the ``"prob"`` (softmax over labels, sigmoid for one logit).
     ``inputs`` says what the classifier reads: ``"concat"`` prompt + completion, ``"pair"`` the two
     as a text pair (cross-encoder reward models), or ``"completion"`` alone (e.g. a sentiment model).
+    With ``"concat"`` a conversational prompt goes through the tokenizer's chat template with the
+    completion as the assistant's reply, as chat reward models are trained (``rewards.messages``).
     Remote code is not run unless ``trust_remote_code=True``.
     """
 
@@ -242,7 +245,8 @@ class SequenceClassifierReward:
         device = next(self.model.parameters()).device
         for s in range(0, len(completions), self.batch_size):
             p, c = list(prompts[s: s + self.batch_size]), list(completions[s: s + self.batch_size])
-            args = {"concat": ([a + b for a, b in zip(p, c, strict=True)],), "pair": (p, c), "completion": (c,)}
+            args = {"concat": ([conversation_text(a, b, self.tokenizer) for a, b in zip(p, c, strict=True)],),
+                    "pair": ([prompt_text(a) for a in p], c), "completion": (c,)}
             enc = self.tokenizer(*args[self.inputs], padding=True, truncation=True, max_length=self.max_length,
                                  padding_side="right", return_tensors="pt").to(device)
             logits = self.model(**enc).logits.float()

@@ -8,6 +8,9 @@ Extra dataset columns arrive as keyword lists. A reward object may also define
 ``components(prompts, completions, references=None, **columns) -> dict[str, array]`` whose values
 sum to the total (composites do), and ``pairwise = True`` when it is a judge R(o, y) that compares a
 completion with the reference (then the reference scores 0 against itself).
+
+A reward with a parameter named ``completions`` is called by keyword, as TRL calls its reward
+functions (``def reward_len(completions, **kwargs)``); see ``rewards.calling``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from rewards.calling import call_reward
 
 RewardFn = Callable[..., Any]
 
@@ -182,7 +187,7 @@ class ValidatedReward:
             return np.zeros(0), {}
         has_parts = callable(getattr(self.fn, "components", None))
         try:
-            out = (self.fn.components if has_parts else self.fn)(prompts, completions, references, **columns)
+            out = call_reward(self.fn.components if has_parts else self.fn, prompts, completions, references, columns)
         except RewardError as err:
             raise RewardError(f"{who}: {err}") from err
         except Exception as err:

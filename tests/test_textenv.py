@@ -92,7 +92,8 @@ def test_reset_returns_prompt_and_what_the_task_knows():
     env = TextGenEnv(bang_task(), max_length=50)
     prompt, info = env.reset(options={"index": 4})
     assert prompt == "say 4:"
-    assert info == {"reference": "!", "chosen": "!!", "rejected": "", "index": 4, "split": "train", "meta": {"k": 4}}
+    assert info == {"prompt": "say 4:", "reference": "!", "chosen": "!!", "rejected": "", "index": 4,
+                    "split": "train", "meta": {"k": 4}}
     prompt, info = env.reset(options={"split": "eval", "index": 0})
     assert (prompt, info["split"], info["reference"]) == ("eval:", "eval", "!")
 

@@ -11,6 +11,7 @@ entry-point group (see ``textenv.registry``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
+from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.batched import batched
 from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
@@ -28,7 +29,14 @@ from textenv.registry import (
     unregister,
 )
 from textenv.spaces import TextSpace
-from textenv.task import Example, Task, TaskError, columns_of
+from textenv.task import (
+    Example,
+    Task,
+    TaskError,
+    columns_of,
+    is_conversational,
+    message_text,
+)
 from textenv.token_env import TokenEnv
 
 __all__ = [
@@ -44,8 +52,10 @@ __all__ = [
     "batched",
     "check_task_kwargs",
     "columns_of",
+    "conversation_text",
     "evaluate_completions",
     "hf_dataset",
+    "is_conversational",
     "list_envs",
     "load_hf",
     "load_hh",
@@ -54,7 +64,10 @@ __all__ = [
     "make",
     "make_task",
     "make_vec",
+    "message_text",
     "parse_hh",
+    "prompt_text",
     "register",
+    "render_messages",
     "unregister",
 ]

@@ -5,22 +5,31 @@ Column mapping: ``prompt=`` names the prompt column (required); ``reference=``, 
 meta keys to columns) that travel in ``Example.meta`` and so reach the reward as keyword columns.
 A named column that is missing, or a dataset with no rows, raises ``TaskError`` naming it.
 
+Conversational data (TRL's format) loads as it is: a prompt column of message lists, ``reference=
+"completion"``, and ``chosen``/``rejected`` as assistant message lists. ``messages=`` names a column of
+whole conversations (TRL's "messages") instead of ``prompt=``/``reference=``: the reference is the
+last message, which must be the assistant's, and the prompt every message before it. A malformed
+message is an error naming the source, the row and the column.
+
 The HH-RLHF format is a dialogue in one string, "\\n\\nHuman: ...\\n\\nAssistant: ...", possibly with
 several turns. ``parse_hh`` splits it TRL-style: the prompt is everything up to and including the last
 "\\n\\nAssistant:", the answer is the rest (with its leading space, so prompt + answer is the original).
+With ``messages=True`` the dialogue becomes messages for chat models instead: one user or assistant
+message per turn (text stripped), the answers one assistant message each.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from textenv.task import Example, TaskError
+from textenv.task import Example, TaskError, check_text, split_conversation
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 HF_FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -34,29 +43,52 @@ def _meta_map(meta: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
     return dict(meta) if isinstance(meta, Mapping) else {c: c for c in meta}
 
 
+def _text_fields(prompt: str, reference: str | None, messages: str | None) -> dict[str, str | None]:
+    """Which column feeds the prompt and which the reference (``messages=`` feeds both)."""
+    if messages is None:
+        return {"prompt": prompt, "reference": reference}
+    if prompt != "prompt" or reference is not None:
+        raise TaskError(f"messages={messages!r} gives both the prompt and the reference; "
+                        f"drop prompt={prompt!r} and reference={reference!r}")
+    return {"prompt": messages, "reference": None}
+
+
+def _row_texts(values: dict[str, Any], fields: Mapping[str, str | None], messages: str | None,
+               where: str) -> dict[str, Any]:
+    """A row's checked prompt/reference/chosen/rejected; the messages column is split in two."""
+    out = {}
+    for f, v in values.items():
+        if v is None:
+            if f == "prompt":
+                raise TaskError(f"{where} has no prompt (column {fields[f]!r} is null)")
+            out[f] = None
+        else:
+            out[f] = check_text(v, f"{where}, column {fields[f]!r}", answer=f != "prompt")
+    if messages is not None:
+        out["prompt"], out["reference"] = split_conversation(out["prompt"], f"{where}, column {messages!r}")
+    return out
+
+
 def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, prompt: str = "prompt",
                           reference: str | None = None, chosen: str | None = None, rejected: str | None = None,
-                          meta: Sequence[str] | Mapping[str, str] | None = None) -> list[Example]:
+                          meta: Sequence[str] | Mapping[str, str] | None = None,
+                          messages: str | None = None) -> list[Example]:
     """Examples from a column table (``{name: values}``); every named column must be present."""
-    fields = {"prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected}
+    fields = {**_text_fields(prompt, reference, messages), "chosen": chosen, "rejected": rejected}
     metas = _meta_map(meta)
     wanted = [c for c in fields.values() if c is not None] + list(metas.values())
     missing = [c for c in dict.fromkeys(wanted) if c not in columns]
     if missing:
         raise TaskError(f"{source}: missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(map(repr, missing))}; columns: {sorted(columns)}")
-    n = len(columns[prompt])
+    n = len(columns[fields["prompt"]])
     if n == 0:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
     out = []
     for i in range(n):
         values = {f: None if c is None else columns[c][i] for f, c in fields.items()}
-        for f, v in values.items():
-            if v is not None and not isinstance(v, str):
-                raise TaskError(f"{source}: row {i}, column {fields[f]!r} is {type(v).__name__}, expected str")
-        if values["prompt"] is None:
-            raise TaskError(f"{source}: row {i} has no prompt (column {prompt!r} is null)")
-        out.append(Example(**values, meta={k: columns[c][i] for k, c in metas.items()}))
+        texts = _row_texts(values, fields, messages, f"{source}: row {i}")
+        out.append(Example(**texts, meta={k: columns[c][i] for k, c in metas.items()}))
     return out
 
 
@@ -64,9 +96,10 @@ def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **m
     """Examples from row dicts (JSON lines); a column missing from any row is reported with the row."""
     if not records:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
-    names = [c for k, c in mapping.items() if k != "meta" and c is not None]
+    names = [c for k, c in mapping.items() if k not in ("meta", "prompt") and c is not None]
     names += list(_meta_map(mapping.get("meta")).values())
-    names.append(mapping.get("prompt", "prompt"))
+    if mapping.get("messages") is None:
+        names.append(mapping.get("prompt", "prompt"))
     for i, row in enumerate(records):
         absent = [c for c in dict.fromkeys(names) if c not in row]
         if absent:
@@ -119,12 +152,13 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 def load_jsonl(path: str | Path, *, prompt: str = "prompt", reference: str | None = None,
                chosen: str | None = None, rejected: str | None = None,
-               meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None) -> list[Example]:
+               meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None,
+               messages: str | None = None) -> list[Example]:
     """Examples from a JSON-lines file (``.gz`` too), with the column mapping described in the module doc."""
     check_limit(limit, path)
     rows = read_jsonl(path)[:limit]
     return examples_from_records(rows, repr(str(path)), prompt=prompt, reference=reference, chosen=chosen,
-                                 rejected=rejected, meta=meta)
+                                 rejected=rejected, meta=meta, messages=messages)
 
 
 def hf_dataset(source: Any, split: str = "train", *, data_dir: str | None = None, **load_kw: Any) -> Any:
@@ -173,21 +207,22 @@ def hf_dataset(source: Any, split: str = "train", *, data_dir: str | None = None
 def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", reference: str | None = None,
             chosen: str | None = None, rejected: str | None = None,
             meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
-            limit: int | None = None, **load_kw: Any) -> list[Example]:
+            limit: int | None = None, messages: str | None = None, **load_kw: Any) -> list[Example]:
     """Examples from a Hugging Face dataset (object, local path or hub name) with a column mapping."""
     check_limit(limit, source if isinstance(source, str | Path) else "dataset")
     ds = hf_dataset(source, split, data_dir=data_dir, **load_kw)
     name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    names = [c for c in (prompt, reference, chosen, rejected) if c is not None] + list(_meta_map(meta).values())
+    texts = _text_fields(prompt, reference, messages)
+    names = [c for c in (*texts.values(), chosen, rejected) if c is not None] + list(_meta_map(meta).values())
     missing = [c for c in dict.fromkeys(names) if c not in ds.column_names]
     if missing:
         raise TaskError(f"{name}: missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(map(repr, missing))}; columns: {sorted(ds.column_names)}")
     columns = {c: ds[c] for c in dict.fromkeys(names)}
     return examples_from_columns(columns, name, prompt=prompt, reference=reference, chosen=chosen,
-                                 rejected=rejected, meta=meta)
+                                 rejected=rejected, meta=meta, messages=messages)
 
 
 def parse_hh(text: str) -> tuple[str, str]:
@@ -201,22 +236,35 @@ def parse_hh(text: str) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+def hh_messages(prompt: str) -> list[dict[str, str]]:
+    """The turns of an HH prompt (as cut by ``parse_hh``) as user/assistant messages, text stripped."""
+    head, *turns = re.split(r"\n\n(Human|Assistant):", prompt)
+    if head.strip() or not turns or turns[0] != "Human":
+        raise TaskError(f"HH-RLHF: the dialogue must start with '\\n\\nHuman:': {prompt[:80]!r}")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    messages = [{"role": roles[who], "content": text.strip()}
+                for who, text in zip(turns[::2], turns[1::2], strict=True)]
+    return messages[:-1]   # the last one is the empty "Assistant:" cue that the answer follows
+
+
 def hh_examples(pairs: Iterable[tuple[str, str]], source: str,
-                meta: Mapping[str, Any] | None = None) -> list[Example]:
+                meta: Mapping[str, Any] | None = None, messages: bool = False) -> list[Example]:
     """Examples from (chosen, rejected) dialogues; reference = chosen answer, as in the GRAO paper.
 
     Rows that do not parse, or whose chosen and rejected prompts differ (a few in the real data), are
-    skipped with a warning; no usable row at all is an error.
+    skipped with a warning; no usable row at all is an error. ``messages=True``: see the module doc.
     """
     out, bad = [], 0
     for chosen_text, rejected_text in pairs:
         try:
             prompt, chosen = parse_hh(chosen_text)
             other, rejected = parse_hh(rejected_text)
+            if other != prompt:
+                raise TaskError("the chosen and rejected prompts differ")
+            if messages:
+                prompt, chosen, rejected = (hh_messages(prompt), *([{"role": "assistant", "content": a.strip()}]
+                                                                    for a in (chosen, rejected)))
         except TaskError:
-            bad += 1
-            continue
-        if other != prompt:
             bad += 1
             continue
         out.append(Example(prompt=prompt, reference=chosen, chosen=chosen, rejected=rejected, meta=dict(meta or {})))
@@ -235,11 +283,12 @@ def subset_label(name: str, default: str = "hh") -> str:
 
 
 def load_hh(source: Any, split: str = "train", *, subset: str | None = None, data_dir: str | None = None,
-            limit: int | None = None) -> list[Example]:
+            limit: int | None = None, messages: bool = False) -> list[Example]:
     """HH-RLHF pairs from a ``.jsonl``/``.jsonl.gz`` file, a local clone of the hub repo (directory with
     ``<data_dir>/<split>.jsonl.gz``), a ``datasets.Dataset``, or a hub name such as "Anthropic/hh-rlhf".
 
     Each example's ``meta["subset"]`` is ``subset``, or else read from ``data_dir`` / the file path.
+    ``messages=True`` gives message lists for chat models (one message per turn) instead of HH text.
     """
     check_limit(limit, source if isinstance(source, str | Path) else "HH dataset")
     where = " ".join(str(x) for x in (data_dir, source if isinstance(source, str | Path) else None) if x)
@@ -274,4 +323,4 @@ def load_hh(source: Any, split: str = "train", *, subset: str | None = None, dat
         if len(ds) == 0:
             raise TaskError(f"{source_name}: the dataset is empty (no rows)")
         pairs = zip(ds["chosen"], ds["rejected"], strict=True)
-    return hh_examples(pairs, source_name, {"subset": label})
+    return hh_examples(pairs, source_name, {"subset": label}, messages=messages)

@@ -5,6 +5,12 @@ batched API (``sample``, ``score``, ``reference_rewards``) is what the algorithm
 prompt are scored with *one* reward call per batch, because a learned reward model or an LLM judge is
 far cheaper per batch than per string. ``TextVectorEnv`` exposes the same grouping as a Gymnasium
 ``VectorEnv`` (``num_prompts x group_size`` sub-envs, one reward call per step).
+
+Conversational prompts (message lists) cannot be a Gymnasium text observation, so the observation is
+their plain rendering (``textenv.render_messages``: one "role: content" line per message) and
+``info["prompt"]`` carries the prompt as given, messages included; the observation after a step renders
+the conversation with the completion as one more assistant message. Rewards get the prompts as given,
+the completions as text, references as text (``message_text``) and the meta columns, by keyword.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from rewards import RewardError
+from rewards.messages import conversation_text, prompt_text
 from textenv.spaces import TextSpace
-from textenv.task import Example, Task, TaskError, columns_of
+from textenv.task import Example, Task, TaskError, columns_of, message_text
 
 RESET_OPTIONS = frozenset({"split", "index"})
 
@@ -62,7 +69,7 @@ class TaskScoring:
         """
         if len(examples) != len(completions):
             raise RewardError(f"{self.env_id}: got {len(examples)} examples for {len(completions)} completions")
-        refs = [ex.reference for ex in examples]
+        refs = [None if ex.reference is None else message_text(ex.reference) for ex in examples]
         return self.task.reward.score([ex.prompt for ex in examples], list(completions),
                                       None if all(r is None for r in refs) else refs,
                                       where=self.env_id, **columns_of(examples))
@@ -74,7 +81,7 @@ class TaskScoring:
             raise TaskError(f"{self.env_id}: example {missing[0]} has no reference answer"
                             f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}")
         return self.task.reward.reference_rewards([ex.prompt for ex in examples],
-                                                  [ex.reference for ex in examples],  # type: ignore[misc]
+                                                  [message_text(ex.reference) for ex in examples],  # type: ignore[arg-type]
                                                   where=self.env_id, **columns_of(examples))
 
     def _pick(self, options: dict[str, Any] | None, rng: np.random.Generator) -> tuple[str, int, Example]:
@@ -97,15 +104,16 @@ class TaskScoring:
 
 def episode_info(split: str, index: int, ex: Example) -> dict[str, Any]:
     """What the agent may know about its episode; copied, so users can mutate it freely."""
-    return {"reference": ex.reference, "chosen": ex.chosen, "rejected": ex.rejected,
-            "index": index, "split": split, "meta": copy.deepcopy(dict(ex.meta))}
+    texts = {k: copy.deepcopy(getattr(ex, k)) for k in ("prompt", "reference", "chosen", "rejected")}
+    return {**texts, "index": index, "split": split, "meta": copy.deepcopy(dict(ex.meta))}
 
 
 class TextGenEnv(TaskScoring, gym.Env[str, str]):
     """One prompt per episode; the action is the whole completion; terminated after one step.
 
     ``max_length`` bounds the completion (in characters) accepted by ``step`` and sampled by
-    ``action_space``. The observation after the step is prompt + completion.
+    ``action_space``. The observation after the step is prompt + completion (for messages, see the
+    module doc).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -117,7 +125,8 @@ class TextGenEnv(TaskScoring, gym.Env[str, str]):
             raise ValueError(f"{task.name}: render_mode must be None or 'ansi', got {render_mode!r}")
         task.split(split)
         self.task, self.split, self.render_mode = task, split, render_mode
-        longest_prompt = max(len(ex.prompt) for examples in task.splits.values() for ex in examples)
+        prompts = [ex.prompt for examples in task.splits.values() for ex in examples]
+        longest_prompt = max(len(conversation_text(p, "")) for p in prompts)
         self.action_space = TextSpace(max_length)
         self.observation_space = TextSpace(longest_prompt + max_length)
         self._episode: tuple[str, int, Example] | None = None
@@ -128,8 +137,8 @@ class TextGenEnv(TaskScoring, gym.Env[str, str]):
         super().reset(seed=seed)
         self._episode = self._pick(options, self.np_random)
         split, index, ex = self._episode
-        self._text = ex.prompt
-        return ex.prompt, episode_info(split, index, ex)
+        self._text = prompt_text(ex.prompt)
+        return self._text, episode_info(split, index, ex)
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._episode is None:
@@ -144,7 +153,7 @@ class TextGenEnv(TaskScoring, gym.Env[str, str]):
         split, index, ex = self._episode
         total, parts = self.score([ex], [action])
         self._episode = None
-        self._text = ex.prompt + action
+        self._text = conversation_text(ex.prompt, action)
         info = episode_info(split, index, ex)
         info["reward_components"] = {k: float(v[0]) for k, v in parts.items()}
         return self._text, float(total[0]), True, False, info
@@ -170,8 +179,10 @@ def _masked(values: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def _objects(items: Sequence[Any]) -> np.ndarray:
+    """A 1-D object array; filled item by item so equal-length message lists never become a 2-D array."""
     arr = np.empty(len(items), dtype=object)
-    arr[:] = list(items)
+    for i, item in enumerate(items):
+        arr[i] = item
     return arr
 
 
@@ -229,7 +240,8 @@ class TextVectorEnv(VectorEnv):
     def _infos(self) -> dict[str, Any]:
         assert self._episodes is not None
         per_env = [episode_info(*ep) for ep in self._episodes]
-        info = {k: _objects([d[k] for d in per_env]) for k in ("reference", "chosen", "rejected", "split", "meta")}
+        keys = ("prompt", "reference", "chosen", "rejected", "split", "meta")
+        info = {k: _objects([d[k] for d in per_env]) for k in keys}
         info["index"] = np.array([d["index"] for d in per_env], dtype=np.int64)
         info["group"] = np.arange(self.num_envs, dtype=np.int64) // self.group_size
         return info
@@ -239,7 +251,7 @@ class TextVectorEnv(VectorEnv):
         """Draw ``num_prompts`` prompts (``options["indices"]`` picks them) and serve each ``group_size`` times."""
         super().reset(seed=seed)
         self._episodes = self._draw(options)
-        return tuple(ep[2].prompt for ep in self._episodes), _masked(self._infos(), self.num_envs)
+        return tuple(prompt_text(ep[2].prompt) for ep in self._episodes), _masked(self._infos(), self.num_envs)
 
     def step(self, actions: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray, np.ndarray, np.ndarray,
                                                     dict[str, Any]]:
@@ -256,12 +268,12 @@ class TextVectorEnv(VectorEnv):
         total, parts = self.env.score(examples, actions)
         final_info = self._infos()
         final_info["reward_components"] = dict(parts)
-        final_obs = _objects([ex.prompt + a for ex, a in zip(examples, actions, strict=True)])
+        final_obs = _objects([conversation_text(ex.prompt, a) for ex, a in zip(examples, actions, strict=True)])
         self._episodes = self._draw({"split": self.split})
         infos = _masked(self._infos(), self.num_envs)
         infos |= _masked({"final_obs": final_obs, "final_info": final_info}, self.num_envs)
         n = self.num_envs
-        return (tuple(ep[2].prompt for ep in self._episodes), np.asarray(total, dtype=np.float64),
+        return (tuple(prompt_text(ep[2].prompt) for ep in self._episodes), np.asarray(total, dtype=np.float64),
                 np.ones(n, dtype=np.bool_), np.zeros(n, dtype=np.bool_), infos)
 
     def close_extras(self, **kwargs: Any) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from rewards import ValidatedReward
-from textenv.task import Example, Task, TaskError, columns_of
+from textenv.task import Example, Task, TaskError, columns_of, message_text
 
 TIE_TOL = 1e-9
 
@@ -30,7 +30,7 @@ def _outcomes(reward: ValidatedReward, examples: Sequence[Example], completions:
               base: Sequence[str] | None, where: str) -> dict[str, np.ndarray]:
     """Per-example arrays: value R(o), win/tie vs the reference (NaN without one), gain vs base."""
     prompts, cols = [ex.prompt for ex in examples], columns_of(examples)
-    refs = [ex.reference for ex in examples]
+    refs = [None if ex.reference is None else message_text(ex.reference) for ex in examples]
     has_ref = np.array([r is not None for r in refs])
     value = reward(prompts, completions, refs if has_ref.any() else None, where=where, **cols)
     out = {"value": value}
@@ -40,7 +40,7 @@ def _outcomes(reward: ValidatedReward, examples: Sequence[Example], completions:
         if reward.pairwise:
             diff = value[idx]
         else:
-            diff = value[idx] - reward.reference_rewards([ex.prompt for ex in sub], [ex.reference for ex in sub],
+            diff = value[idx] - reward.reference_rewards([ex.prompt for ex in sub], [refs[i] for i in idx],
                                                          where=where, **columns_of(sub))
         win, tie = np.full(len(examples), np.nan), np.full(len(examples), np.nan)
         win[idx], tie[idx] = diff > TIE_TOL, np.abs(diff) <= TIE_TOL

@@ -14,9 +14,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from rewards.messages import render_messages
 from rewards.tiny import byte_tokenizer
 from textenv.env import TaskScoring, episode_info
-from textenv.task import Example, Task, TaskError
+from textenv.task import Example, Task, TaskError, Text
 
 
 class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
@@ -24,7 +25,10 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
 
     The prompt is encoded as ``[bos] + tokens(prompt)`` (the layout tiny base models are pretrained
     on; ``add_bos=False`` drops the BOS) and, if longer than ``max_prompt_tokens``, truncated from the
-    left. ``max_prompt_tokens=None`` fits the longest prompt of the task.
+    left. ``max_prompt_tokens=None`` fits the longest prompt of the task. A conversational prompt goes
+    through the tokenizer's chat template with the generation prompt (no extra BOS: templates add their
+    own), or, for a tokenizer without one, through ``render_messages(..., add_generation_prompt=True)``.
+    ``info["prompt"]`` is the prompt as given.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -47,8 +51,7 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
         self.bos = [self.tokenizer.bos_token_id] if add_bos and self.tokenizer.bos_token_id is not None else []
         if max_prompt_tokens is None:
             prompts = [ex.prompt for examples in task.splits.values() for ex in examples]
-            ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-            max_prompt_tokens = len(self.bos) + max(map(len, ids))
+            max_prompt_tokens = max(len(self._encode(p)) for p in prompts)
         self.max_prompt_tokens, self.max_new_tokens = int(max_prompt_tokens), int(max_new_tokens)
         vocab = len(self.tokenizer)
         width = self.max_prompt_tokens + self.max_new_tokens
@@ -61,8 +64,14 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
         self._prompt_ids: list[int] = []
         self._new_ids: list[int] = []
 
-    def _encode(self, prompt: str) -> list[int]:
-        return self.bos + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    def _encode(self, prompt: Text) -> list[int]:
+        if isinstance(prompt, str):
+            return self.bos + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return self.bos + list(self.tokenizer(render_messages(prompt, add_generation_prompt=True),
+                                              add_special_tokens=False)["input_ids"])
 
     def _obs(self) -> dict[str, np.ndarray]:
         ids = self._prompt_ids + self._new_ids
@@ -80,9 +89,7 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
         split, index, ex = self._episode
         self._prompt_ids = self._encode(ex.prompt)[-self.max_prompt_tokens:]
         self._new_ids = []
-        info = episode_info(split, index, ex)
-        info["prompt"] = ex.prompt
-        return self._obs(), info
+        return self._obs(), episode_info(split, index, ex)
 
     def step(self, action: int) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._episode is None:
