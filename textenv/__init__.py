@@ -13,7 +13,7 @@ entry-point group (see ``textenv.registry``).
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
 from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
-from textenv.metrics import evaluate_completions
+from textenv.metrics import evaluate_completions, evaluate_examples
 from textenv.registry import (
     ENTRY_POINT_GROUP,
     EnvNotFound,
@@ -43,6 +43,7 @@ __all__ = [
     "check_task_kwargs",
     "columns_of",
     "evaluate_completions",
+    "evaluate_examples",
     "hf_dataset",
     "list_envs",
     "load_hf",
