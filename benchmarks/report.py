@@ -1,8 +1,10 @@
 """Turn a list of result records into ``report.md`` + ``report.json`` (+ PNG plots).
 
 The report has to make the comparison visibly controlled and its numbers checkable: the shared setup,
-mean ± 95% CI over seeds of every metric, relative improvements with the formula spelled out and the
-per-cell numbers shown, and the compute each algorithm used. Missing values print as "—".
+mean ± 95% CI over seeds of every metric, paired comparisons on the same eval prompts (interval, P(A>B),
+minimum detectable effect), relative improvements with the formula spelled out, the per-cell numbers and
+the absolute difference shown, sample efficiency beside the paper's claim, a few answers side by side,
+and the compute each algorithm used. Missing values print as "—".
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from benchmarks.stats import (
     BASE,
     COMPUTE_KEYS,
     FORMULA,
+    MDE_FACTOR,
     NEAR_ZERO,
     PAIRED_METHOD,
     THRESHOLD_FRACTION,
@@ -330,10 +333,14 @@ def _paired_section(paired: Mapping[str, Any]) -> list[str]:
                     for c in comparisons]
             lines += md_table(["A − B", "mean difference", "95% interval", "excludes 0", "P(A>B)", "MDE"], rows)
         mdes = [c["mde"] for cs in by_metric.values() for c in cs if _is_num(c["mde"])]
+        model = [MDE_FACTOR * c["se_model"] for cs in by_metric.values() for c in cs if _is_num(c["se_model"])]
         if mdes:
             lines += [f"Minimum detectable effect of this run on {task}: {min(mdes):.3f} to {max(mdes):.3f} "
-                      f"(by comparison and metric, in the metric's units). A non-significant difference "
-                      "smaller than its MDE means the run could not tell, not that there is no difference.", ""]
+                      "(by comparison and metric, in the metric's units). A non-significant difference "
+                      "smaller than its MDE means the run could not tell, not that there is no difference."
+                      + (f" For planning: the same from the two-way ANOVA standard error (seeds × prompts, no "
+                         f"bootstrap inflation): {min(model):.3f} to {max(model):.3f}; the MDE shrinks with "
+                         "1/√(seeds × prompts) while per-prompt noise dominates." if model else ""), ""]
     return lines
 
 
@@ -569,7 +576,7 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     ctable = compute_table(results)
     totals = compute_totals(ctable)
     lines += _compute_section(ctable, totals)
-    report: dict[str, Any] = {"schema": 1, "title": title, "formula": FORMULA, "n_results": len(results),
+    report: dict[str, Any] = {"schema": 2, "title": title, "formula": FORMULA, "n_results": len(results),
                               "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "targets": targets,
                               "setup": setup, "summary": summary, "base": base, "relative": relative,
                               "compute": ctable, "compute_totals": totals, "paired": paired,

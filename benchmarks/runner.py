@@ -4,7 +4,7 @@ Layout of an output directory::
 
     base/<task>/                      the base checkpoint (copied path for the tiny model's cache)
     results/<task>/<entry>/seed<k>.json   one finished cell, written atomically
-    base_eval/<task>/seed<k>.json     the base model's eval completions (for NAG) and metrics
+    base_eval/<task>/seed<k>.json     the base model's eval completions (for NAG), metrics and per-prompt records
     tensorboard/<task>/<entry>/seed<k>/
     report.md, report.json, *.png
 

@@ -1,9 +1,13 @@
-"""Statistics over benchmark results: seed means with Student-t intervals, relative improvements, curves.
+"""Statistics over benchmark results: seed means with Student-t intervals, relative improvements, curves,
+paired comparisons over the same eval prompts (bootstrap interval, P(A>B), minimum detectable effect) and
+sample efficiency (AUC, steps and tokens to a threshold).
 
 A *result* is one JSON record per (task, algorithm, seed) written by the runner (see ``runner.py``):
 ``{"task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history", "tokens_generated",
-"tokens_trained", "optimizer_steps", "wall_time_s", "config"}``. Everything here is a pure function of a
-list of such dicts, so the report can be rebuilt from the files alone, without torch.
+"tokens_trained", "optimizer_steps", "wall_time_s", "config"}``, since schema 2 also ``"examples"`` and
+``"base_examples"`` (one record per eval prompt, see ``textenv.evaluate_examples``) and ``"subset_key"``.
+Everything here is a pure function of a list of such dicts, so the report can be rebuilt from the files
+alone, without torch; bootstrap draws come from a fixed seed, so the same files give the same report.
 """
 
 from __future__ import annotations
