@@ -348,20 +348,25 @@ def _efficiency_section(efficiency: Mapping[str, Any]) -> tuple[list[str], dict[
     """AUC and steps / generated tokens to the threshold per algorithm, and the paper's step claim beside ours."""
     lines = ["## Sample efficiency", "",
              "AUC = area under the eval-reward curve divided by the steps it spans (the curve's mean height; the "
-             "base model's reward is the point at step 0, where every run starts). Threshold = "
-             f"{THRESHOLD_FRACTION:.0%} of the best final mean eval reward over the task's algorithms "
-             f"(best − {1 - THRESHOLD_FRACTION:.0%}·|best|). Steps and generated tokens to the threshold: the "
-             "first eval step at or above it, mean ± 95% CI over the seeds that reached it; the eval every "
-             "few steps bounds the resolution. *not reached* is a result.", ""]
+             "base model's reward is the point at step 0, where every run starts). Threshold = the base model's "
+             f"eval reward + {THRESHOLD_FRACTION:.0%} of the best gain over it (best = the highest final mean eval "
+             "reward over the task's algorithms); measured from the base because a base that already scores near "
+             "the best would otherwise \"reach\" it at step 0. Steps and generated tokens to the threshold: the "
+             "first eval step at or above it, mean ± 95% CI over the seeds that reached it; the eval interval "
+             "bounds the resolution. *not reached* is a result.", ""]
     if not efficiency:
         return lines + ["No eval curves recorded.", ""], {}
     for task, row in efficiency.items():
-        lines += [f"### {task} (threshold {row['threshold']:.3f}; best final {row['best_final']:.3f})", ""]
+        lines += [f"### {task} (threshold {fmt_num(row['threshold'], 3)}; base {fmt_num(row.get('base'), 3)}; "
+                  f"best final {fmt_num(row['best_final'], 3)})", ""]
+        if not _is_num(row["threshold"]):
+            lines += ["No algorithm ends above the base model: there is no gain to reach.", ""]
         table = []
         for algo, e in row["algorithms"].items():
             reached = f"{e['reached']} of {e['seeds']}"
-            steps = fmt_ci(e["steps"], digits=0) if e["reached"] else "not reached"
-            tokens = fmt_ci(e["tokens"], digits=0) if e["reached"] else "not reached"
+            missing = "not reached" if _is_num(row["threshold"]) else DASH
+            steps = fmt_ci(e["steps"], digits=0) if e["reached"] else missing
+            tokens = fmt_ci(e["tokens"], digits=0) if e["reached"] else missing
             table.append([algo, fmt_ci(e["auc"]), steps, tokens, reached])
         lines += md_table(["algorithm", "AUC (eval reward)", "steps to threshold", "generated tokens to threshold",
                            "seeds that reached it"], table)
@@ -371,15 +376,13 @@ def _efficiency_section(efficiency: Mapping[str, Any]) -> tuple[list[str], dict[
         grao, grpo = (row["algorithms"].get(a) for a in ("grao", "grpo"))
         if not grao or not grpo:
             continue
-        if grao["reached"] and grpo["reached"]:
-            g, r = grao["steps"]["mean"], grpo["steps"]["mean"]
-            saving = 1 - g / r if r else math.nan
-            text = (f"{abs(saving):.0%} {'fewer' if saving >= 0 else 'more'} steps ({g:.0f} vs {r:.0f}; reached "
-                    f"in {grao['reached']} / {grpo['reached']} of {grao['seeds']} seeds)")
+        counts = f"reached in {grao['reached']} / {grpo['reached']} of {grao['seeds']} / {grpo['seeds']} seeds"
+        g, r = grao["steps"]["mean"], grpo["steps"]["mean"]
+        saving = 1 - g / r if grao["reached"] and grpo["reached"] and r else math.nan
+        if _is_num(saving):
+            text = f"{abs(saving):.0%} {'fewer' if saving >= 0 else 'more'} steps ({g:.0f} vs {r:.0f}; {counts})"
         else:
-            saving = math.nan
-            text = "not comparable: " + ", ".join(f"{a} reached the threshold in {e['reached']} of {e['seeds']} seeds"
-                                                   for a, e in (("grao", grao), ("grpo", grpo)))
+            text = f"no ratio ({counts}{'; grpo at step 0' if grpo['reached'] and not r else ''})"
         claim["ours"][task] = saving
         rows.append([task, f"~{paper.CLAIMED_STEP_SAVING:.0%} fewer steps", text])
     lines += ["### Paper's claim beside ours", "", f"Paper: {paper.CLAIMED_STEPS}. Ours: steps of `grao` vs "

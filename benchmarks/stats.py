@@ -396,7 +396,8 @@ def paired_table(results: Iterable[Result], metrics: Sequence[str] = ("reward", 
         pairs = [(e, BASE) for e in order] + [(x, y) for i, x in enumerate(order) for y in order[i + 1:]]
         for metric in metrics:
             rows = [c for x, y in pairs if (c := compare(records, x, y, metric)) is not None]
-            if rows:
+            # A metric that never differs (RAS where nothing can beat the reference) says nothing.
+            if any(c["diff"] != 0 or c["se"] != 0 for c in rows):
                 out.setdefault(task, {})[metric] = rows
     return out
 
@@ -434,34 +435,45 @@ def first_reach(steps: np.ndarray, values: np.ndarray, threshold: float) -> int 
     return int(hits[0]) if hits.size else None
 
 
-def threshold_of(finals: Iterable[float], fraction: float = THRESHOLD_FRACTION) -> float:
-    """``fraction`` of the best final mean: best − (1 − fraction)·|best| (also right for negative rewards)."""
+def threshold_of(finals: Iterable[float], base: float = math.nan, fraction: float = THRESHOLD_FRACTION) -> float:
+    """The level "reached" means: ``fraction`` of the best gain over the base model, base + f·(best − base).
+
+    Measured from the base, because a base model that already scores 0.7 would "reach" 90% of a best of
+    0.74 at step 0. nan when no algorithm ends above the base (nothing to reach). Without a base value:
+    ``fraction`` of the best itself, best − (1 − f)·|best| (right for negative rewards too).
+    """
     xs = _finite(finals)
     if not xs:
         return math.nan
     best = max(xs)
-    return best - (1 - fraction) * abs(best)
+    if not _is_value(base):
+        return best - (1 - fraction) * abs(best)
+    return base + fraction * (best - base) if best > base else math.nan
 
 
 def sample_efficiency(results: Iterable[Result], key: str = "eval/reward", fraction: float = THRESHOLD_FRACTION
                       ) -> dict[str, dict[str, Any]]:
-    """Per task: the threshold, and per algorithm AUC, steps and generated tokens to reach it, over seeds.
+    """Per task: the threshold (``threshold_of``), and per algorithm AUC, steps and generated tokens to reach
+    it, over seeds.
 
-    ``{task: {"threshold", "best_final", "algorithms": {algo: {"auc", "steps", "tokens": stats over seeds,
+    ``{task: {"threshold", "best_final", "base", "algorithms": {algo: {"auc", "steps", "tokens": stats over seeds,
     "reached": k, "seeds": n, "per_seed": [{"seed", "auc", "steps", "tokens"}]}}}}``. Steps and tokens
     average only the seeds that reached the threshold; ``reached`` < ``seeds`` says how many did not
-    (not reached is a result: steps None).
+    (not reached is a result: steps None; with no threshold nothing is reached).
     """
+    results = unique_results(results)
     runs: dict[str, dict[str, list[tuple[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]]]] = {}
-    for r in sorted(unique_results(results), key=_seed_key):
+    for r in sorted(results, key=_seed_key):
         curve = run_curve(r, key)
         if len(curve[0]):
             runs.setdefault(r["task"], {}).setdefault(r["algorithm"], []).append((r.get("seed"), curve))
+    base = summarize_base(results)
     out: dict[str, dict[str, Any]] = {}
     for task, algos in runs.items():
         finals = {a: float(np.mean([c[1][-1] for _, c in seeds])) for a, seeds in algos.items()}
         best = max(finals.values())
-        threshold = threshold_of(finals.values(), fraction)
+        base_value = base.get(task, {}).get(key.removeprefix("eval/"), {}).get("mean", math.nan)
+        threshold = threshold_of(finals.values(), base_value if key.startswith("eval/") else math.nan, fraction)
         table = {}
         for algo, seeds in algos.items():
             per_seed = []
@@ -475,6 +487,6 @@ def sample_efficiency(results: Iterable[Result], key: str = "eval/reward", fract
                            "steps": _stats([p["steps"] for p in reached]),
                            "tokens": _stats([p["tokens"] for p in reached]),
                            "reached": len(reached), "seeds": len(per_seed), "per_seed": per_seed}
-        out[task] = {"key": key, "fraction": fraction, "best_final": best, "threshold": threshold,
-                     "algorithms": table}
+        out[task] = {"key": key, "fraction": fraction, "best_final": best, "base": base_value,
+                     "threshold": threshold, "algorithms": table}
     return out

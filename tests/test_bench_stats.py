@@ -345,6 +345,10 @@ def test_paired_table_orders_targets_first_and_compares_with_base():
     assert grao["diff"] == pytest.approx(np.mean([r["metrics"]["reward"] - r["base_metrics"]["reward"]
                                                   for r in rs if r["algorithm"] == "grao"]))
     assert prompt_records([{"task": "T", "algorithm": "x", "seed": 0, "metrics": {}}]) == {}  # schema 1
+    for r in rs:  # nothing ever beats the reference (RAS on Arithmetic): no table of zeros
+        for e in [*r["examples"], *r["base_examples"]]:
+            e["ras"] = 0.0
+    assert list(paired_table(rs, metrics=("reward", "ras"))["T"]) == ["reward"]
 
 
 # ------------------------------------------------------------------------------------------ sample efficiency
@@ -364,7 +368,12 @@ def test_auc_and_steps_to_threshold_by_hand():
     assert curve_auc(steps, values) == pytest.approx(0.4)
     assert first_reach(steps, values, 0.6) == 2 and first_reach(steps, values, 0.81) is None
     assert curve_auc(np.array([5.0]), np.array([0.3])) == 0.3
-    assert threshold_of([0.8, 0.3]) == pytest.approx(0.72)  # 90% of the best
+    # from the base: base + 90% of the best gain; 0.7 + 0.9 * (0.8 - 0.7) = 0.79, not 0.9 * 0.8 = 0.72,
+    # which a base of 0.7 would "reach" at step 0
+    assert threshold_of([0.8, 0.3], base=0.7) == pytest.approx(0.79)
+    assert threshold_of([-0.5, -1.0], base=-0.9) == pytest.approx(-0.54)  # -0.9 + 0.9 * 0.4
+    assert math.isnan(threshold_of([0.6, 0.65], base=0.7))  # nobody beat the base: nothing to reach
+    assert threshold_of([0.8, 0.3]) == pytest.approx(0.72)  # no base: 90% of the best
     assert threshold_of([-0.5, -1.0]) == pytest.approx(-0.55)  # best - 10% of |best|, below the best
 
 
@@ -381,3 +390,10 @@ def test_sample_efficiency_not_reached_is_a_result():
     # seed 1: (0+0.3)*5 + (0.3+0.75)*5 + (0.75+0.8)*5 = 1.5 + 5.25 + 7.75 = 14.5 -> 0.48333
     assert a["auc"]["values"] == pytest.approx([0.4, 14.5 / 30])
     assert b["reached"] == 0 and b["per_seed"][0]["steps"] is None and math.isnan(b["steps"]["mean"])
+
+
+def test_sample_efficiency_without_a_gain_reaches_nothing():
+    rs = [curve_rec("a", 0, {10: 0.5, 20: 0.6, 30: 0.6}, base=0.7), curve_rec("b", 0, {10: 0.7, 30: 0.65}, base=0.7)]
+    e = sample_efficiency(rs)["T"]
+    assert e["base"] == pytest.approx(0.7) and math.isnan(e["threshold"])
+    assert all(a["reached"] == 0 for a in e["algorithms"].values())
