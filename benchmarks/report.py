@@ -33,11 +33,13 @@ from benchmarks.stats import (
     compare,
     compute_table,
     compute_totals,
+    metric_title,
     ordered,
     paired_table,
     prompt_records,
     relative_table,
     sample_efficiency,
+    subset_title,
     summarize,
     summarize_base,
     unique_results,
@@ -204,12 +206,6 @@ def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) ->
     return "; ".join(parts) + " **(differs)**"
 
 
-def subset_title(label: str, key: str | None) -> str:
-    """A subset's heading: the task's subset key and the label ("op = +"), or the label alone when the key
-    just says "subset"."""
-    return f"Subset `{label}`" if not key or key == "subset" else f"Subset `{key} = {label}`"
-
-
 def drop_identical(metrics: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
     """``metrics`` without those whose per-seed values equal an earlier metric's in every row (e.g. a
     task's extra judge that is the reward itself); returns (kept, {dropped: the metric it repeats})."""
@@ -258,15 +254,6 @@ def fmt_interval(c: Mapping[str, Any] | None, digits: int = 3) -> str:
     if not c or not _is_num(c.get("lo")):
         return ""
     return f" [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}]" + (" ✓" if c["significant"] else "")
-
-
-def metric_title(metric: str, subset_key: str | None) -> str:
-    """"reward" stays; "+/reward" reads "reward, subset `op = +`"."""
-    group, _, leaf = metric.rpartition("/")
-    if not group:
-        return metric
-    title = subset_title(group, subset_key)
-    return f"{leaf}, {title[0].lower()}{title[1:]}"
 
 
 def _relative_section(summary: Mapping[str, Any], targets: Sequence[str], records: Mapping[str, Any],
@@ -593,9 +580,10 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     if plots:
         from benchmarks.plots import make_plots  # matplotlib only when plotting
 
-        plot_files = make_plots(results, out_dir / "plots")
+        plot_files = make_plots(results, out_dir / "plots", first=targets)
         lines += ["## Plots", "", "Learning curves (curves_*), final metrics (final_*), GRAO loss-term "
-                  "shares (shares_*); shaded bands and error bars are 95% CIs over seeds.", ""]
+                  "shares (shares_*); shaded bands and error bars are 95% CIs over seeds. Paired differences "
+                  "(paired_*): the bootstrap intervals of *Paired comparisons*, green/red where they exclude 0.", ""]
         for path in plot_files:
             rel = path.relative_to(out_dir).as_posix()
             lines += [f"[{path.name}]({rel})", "", f"![{path.stem}]({rel})", ""]

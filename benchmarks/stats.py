@@ -92,6 +92,21 @@ def ordered(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def subset_title(label: str, key: str | None) -> str:
+    """A subset's heading: the task's subset key and the label ("op = +"), or the label alone when the key
+    just says "subset"."""
+    return f"Subset `{label}`" if not key or key == "subset" else f"Subset `{key} = {label}`"
+
+
+def metric_title(metric: str, subset_key: str | None) -> str:
+    """"reward" stays; "+/reward" reads "reward, subset `op = +`"."""
+    group, _, leaf = metric.rpartition("/")
+    if not group:
+        return metric
+    title = subset_title(group, subset_key)
+    return f"{leaf}, {title[0].lower()}{title[1:]}"
+
+
 def _stats(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
     mean, half = mean_ci(values, confidence)
     return {"mean": mean, "ci95": half, "n": len(_finite(values)), "values": values}

@@ -220,13 +220,15 @@ def test_identical_metric_columns_are_dropped_and_subsets_titled(tmp_path):
 
 
 def test_drop_identical_keeps_columns_that_differ_anywhere():
-    from benchmarks.report import drop_identical, subset_title
+    from benchmarks.report import drop_identical
+    from benchmarks.stats import metric_title, subset_title
 
     rows = [{"a": {"values": [1.0]}, "b": {"values": [1.0]}, "c": {"values": [1.0]}},
             {"a": {"values": [2.0]}, "b": {"values": [2.0]}, "c": {"values": [3.0]}}]
     assert drop_identical(["a", "b", "c"], rows) == (["a", "c"], {"b": "a"})
     assert drop_identical(["a", "missing", "gone"], rows) == (["a", "missing", "gone"], {})  # absent: kept
     assert subset_title("helpful", "subset") == "Subset `helpful`" and subset_title("+", "op") == "Subset `op = +`"
+    assert metric_title("+/ras", "op") == "ras, subset `op = +`" and metric_title("reward", "op") == "reward"
 
 
 def test_ratio_over_a_baseline_near_zero_is_flagged(tmp_path):
@@ -238,3 +240,10 @@ def test_ratio_over_a_baseline_near_zero_is_flagged(tmp_path):
     cell = report["relative"]["grao"]["reward"]["baselines"]["sft"]["cells"]["A"]
     assert cell["near_zero"] is True and cell["paired"] is None
     assert "No per-prompt eval records in these results" in md
+
+
+def test_paired_plot_from_per_prompt_records(tmp_path):
+    report = write_report(evidence_results(), tmp_path, plots=True)
+    names = sorted(p.rpartition("/")[2] for p in report["plots"])
+    assert "paired_textenv_Arithmetic-v0.png" in names
+    assert (tmp_path / "plots" / "paired_textenv_Arithmetic-v0.png").read_bytes()[:8] == PNG
