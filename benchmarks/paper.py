@@ -37,6 +37,9 @@ METRICS = ("ras", "nag")  # positions in the tuples above
 
 # The paper's stated headline (% relative improvement of GRAO), method unstated.
 CLAIMED_HEADLINE = {"SFT": 57.70, "DPO": 17.65, "PPO": 7.95, "GRPO": 5.18}
+# Sample efficiency, as stated (no threshold or measurement given).
+CLAIMED_STEPS = "GRAO reaches its optimum in ~50% fewer steps than GRPO"
+CLAIMED_STEP_SAVING = 0.5
 # Ablations, helpful NAG, as stated (% change; whether relative or in points is not said).
 CLAIMED_ABLATIONS = {"no_imitation": -7.8, "no_exploration": -12.8, "no_regularizer": -13.0}
 

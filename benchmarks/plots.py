@@ -1,4 +1,5 @@
-"""PNG plots of benchmark results: learning curves with 95% CI bands, final metrics, GRAO loss-term shares.
+"""PNG plots of benchmark results: learning curves with 95% CI bands, final metrics, GRAO loss-term shares,
+paired differences with their intervals.
 
 Figures are built with the object-oriented API on the Agg canvas (no pyplot, no global backend switch),
 so plotting works headless and never touches a user's interactive backend. Each algorithm keeps one
@@ -18,7 +19,17 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from benchmarks.stats import Result, curves, history_keys, ordered, summarize, summarize_base, unique_results
+from benchmarks.stats import (
+    Result,
+    curves,
+    history_keys,
+    metric_title,
+    ordered,
+    paired_table,
+    summarize,
+    summarize_base,
+    unique_results,
+)
 
 MAIN_METRICS = ("reward", "ras", "tie", "nag")
 BASE_COLOR = "0.55"
@@ -96,6 +107,7 @@ def plot_final(results: Sequence[Result], out_dir: Path, colors: dict[str, tuple
     summary, base = summarize(results), summarize_base(results)
     files = []
     for task, algos in summary.items():
+        subset_key = next((r["subset_key"] for r in results if r["task"] == task and r.get("subset_key")), None)
         names = ordered(m for s in [*algos.values(), base.get(task, {})] for m in s)
         metrics = [m for m in names if m.rpartition("/")[2] in MAIN_METRICS]
         if not metrics:
@@ -118,7 +130,7 @@ def plot_final(results: Sequence[Result], out_dir: Path, colors: dict[str, tuple
                     ax.text(xi, 0, "n/a", ha="center", va="bottom", fontsize=8)
             ax.axhline(0, color="black", lw=0.6)
             ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
-            ax.set_title(metric)
+            ax.set_title(metric_title(metric, subset_key).replace("`", ""), fontsize=9)
             ax.grid(axis="y", alpha=0.3)
         for ax in axes[len(metrics):]:
             ax.set_visible(False)
@@ -161,10 +173,34 @@ def plot_shares(results: Sequence[Result], out_dir: Path) -> list[Path]:
     return files
 
 
-def make_plots(results: Iterable[Result], out_dir: str | Path) -> list[Path]:
+def plot_paired(results: Sequence[Result], out_dir: Path, first: Sequence[str] = ()) -> list[Path]:
+    """Per task: each paired difference (A − B over the same prompts and seeds) with its 95% interval;
+    algorithms in ``first`` lead their pairs, as in the report."""
+    files = []
+    for task, by_metric in paired_table(results, first=first).items():
+        fig = new_figure(4.6 * len(by_metric) + 0.5, 0.45 * max(len(c) for c in by_metric.values()) + 1.6)
+        axes = np.atleast_1d(fig.subplots(1, len(by_metric), squeeze=False)).ravel()
+        for ax, (metric, comparisons) in zip(axes, by_metric.items(), strict=True):
+            y = np.arange(len(comparisons))[::-1]
+            diff = np.array([c["diff"] for c in comparisons])
+            err = np.array([[c["diff"] - c["lo"] for c in comparisons], [c["hi"] - c["diff"] for c in comparisons]])
+            colors = ["tab:green" if c["significant"] and c["diff"] > 0 else "tab:red" if c["significant"]
+                      else "0.4" for c in comparisons]
+            for yi, d, e0, e1, color in zip(y, diff, *err, colors, strict=True):
+                ax.errorbar(d, yi, xerr=[[e0], [e1]], fmt="o", color=color, capsize=3)
+            ax.axvline(0, color="black", lw=0.8)
+            ax.set_yticks(y, [f"{c['a']} − {c['b']}" for c in comparisons], fontsize=8)
+            ax.set(title=metric, xlabel="paired difference (95% interval)")
+            ax.grid(axis="x", alpha=0.3)
+        fig.suptitle(f"{task}: paired differences over the same eval prompts and seeds")
+        files.append(save(fig, out_dir / f"paired_{slug(task)}.png"))
+    return files
+
+
+def make_plots(results: Iterable[Result], out_dir: str | Path, first: Sequence[str] = ()) -> list[Path]:
     """Write every plot under ``out_dir``; returns the PNG paths written."""
     results = unique_results(results)
     out_dir = Path(out_dir)
     colors = palette(ordered(r["algorithm"] for r in results))
     return [*plot_curves(results, out_dir, colors), *plot_final(results, out_dir, colors),
-            *plot_shares(results, out_dir)]
+            *plot_shares(results, out_dir), *plot_paired(results, out_dir, first)]

@@ -1,8 +1,10 @@
 """Turn a list of result records into ``report.md`` + ``report.json`` (+ PNG plots).
 
 The report has to make the comparison visibly controlled and its numbers checkable: the shared setup,
-mean ± 95% CI over seeds of every metric, relative improvements with the formula spelled out and the
-per-cell numbers shown, and the compute each algorithm used. Missing values print as "—".
+mean ± 95% CI over seeds of every metric, paired comparisons on the same eval prompts (interval, P(A>B),
+minimum detectable effect), relative improvements with the formula spelled out, the per-cell numbers and
+the absolute difference shown, sample efficiency beside the paper's claim, a few answers side by side,
+and the compute each algorithm used. Missing values print as "—".
 """
 
 from __future__ import annotations
@@ -20,13 +22,24 @@ import numpy as np
 
 from benchmarks import paper
 from benchmarks.stats import (
+    BASE,
     COMPUTE_KEYS,
     FORMULA,
+    MDE_FACTOR,
+    NEAR_ZERO,
+    PAIRED_METHOD,
+    THRESHOLD_FRACTION,
     Result,
+    compare,
     compute_table,
     compute_totals,
+    metric_title,
     ordered,
+    paired_table,
+    prompt_records,
     relative_table,
+    sample_efficiency,
+    subset_title,
     summarize,
     summarize_base,
     unique_results,
@@ -193,7 +206,22 @@ def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) ->
     return "; ".join(parts) + " **(differs)**"
 
 
-def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] | None) -> list[str]:
+def drop_identical(metrics: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """``metrics`` without those whose per-seed values equal an earlier metric's in every row (e.g. a
+    task's extra judge that is the reward itself); returns (kept, {dropped: the metric it repeats})."""
+    kept, dropped, seen = [], {}, {}
+    for m in metrics:
+        column = json.dumps([row.get(m, {}).get("values") for row in rows])
+        if column in seen and any(m in row for row in rows):
+            dropped[m] = seen[column]
+        else:
+            kept.append(m)
+            seen.setdefault(column, m)
+    return kept, dropped
+
+
+def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] | None,
+                  subset_key: str | None = None) -> list[str]:
     # "n" / "helpful/n" count eval prompts; they are not metrics to compare.
     metrics = [m for m in ordered([*(m for s in algos.values() for m in s), *(base or {})])
                if m.rpartition("/")[2] != "n"]
@@ -202,8 +230,11 @@ def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] |
     if not metrics:
         return lines + ["No metrics recorded.", ""]
     for group, ms in metric_groups(metrics).items():
+        ms, dropped = drop_identical(ms, [*([base] if base else []), *algos.values()])
         if group:
-            lines += [f"*{group}*", ""]
+            n = next((s[f"{group}/n"]["mean"] for s in [*algos.values(), base or {}] if f"{group}/n" in s), None)
+            lines += [f"#### {subset_title(group, subset_key)}" + (f" ({n:.0f} eval prompts)" if _is_num(n) else ""),
+                      ""]
         header = ["algorithm", "seeds", *(m.rpartition("/")[2] if group else m for m in ms)]
         rows = []
         if base:
@@ -212,13 +243,26 @@ def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] |
         rows += [[a, seeds[a], *(fmt_ci(stats.get(m), seeds=seeds[a]) for m in ms)]
                  for a, stats in algos.items()]
         lines += md_table(header, rows)
+        if dropped:
+            lines += ["Not shown, identical to another column in every row and seed: "
+                      + ", ".join(f"{m} (= {same})" for m, same in dropped.items()) + ".", ""]
     return lines
 
 
-def _relative_section(summary: Mapping[str, Any], targets: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+def fmt_interval(c: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """"[lo, hi]" of a paired comparison, with ✓ when it excludes 0; "" without one."""
+    if not c or not _is_num(c.get("lo")):
+        return ""
+    return f" [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}]" + (" ✓" if c["significant"] else "")
+
+
+def _relative_section(summary: Mapping[str, Any], targets: Sequence[str], records: Mapping[str, Any],
+                      subset_keys: Mapping[str, str | None]) -> tuple[list[str], dict[str, Any]]:
     lines = ["## Relative improvement", "", f"**Formula.** {FORMULA}", "",
-             "Each cell: relative improvement (target mean vs baseline mean); last column: mean of the "
-             "per-cell ratios (cells used of cells).", ""]
+             "Each cell: relative improvement (target mean vs baseline mean; Δ = the absolute difference "
+             "with its paired 95% interval, ✓ where it excludes 0, see *Paired comparisons*); last column: "
+             f"mean of the per-cell ratios (cells used of cells). ⚠ marks a ratio over a baseline with "
+             f"|mean| < {NEAR_ZERO}: dividing by a number near 0 inflates the ratio, read Δ instead.", ""]
     out: dict[str, Any] = {}
     metrics = ordered(m for algos in summary.values() for s in algos.values() for m in s
                       if m.rpartition("/")[2] in REL_METRICS)
@@ -235,19 +279,145 @@ def _relative_section(summary: Mapping[str, Any], targets: Sequence[str]) -> tup
             if not tasks:
                 continue
             out.setdefault(target, {})[metric] = table
-            lines += [f"### {target} vs others — {metric}", ""]
+            lines += [f"### {target} vs others — {metric_title(metric, subset_keys.get(tasks[0]))}", ""]
             rows = []
             for b, row in table["baselines"].items():
-                cells = []
+                cells, flagged = [], 0
                 for t in tasks:
                     c = row["cells"].get(t)
-                    means = f"{fmt_num(c['target'], 3)} vs {fmt_num(c['baseline'], 3)}" if c else ""
-                    cells.append(f"{fmt_pct(c['rel'])} ({means})" if c else DASH)
-                rows.append([b, *cells, f"{fmt_pct(row['mean'])} ({row['cells_used']} of {len(tasks)})"])
+                    if not c:
+                        cells.append(DASH)
+                        continue
+                    c["paired"] = compare(records.get(t, {}), target, b, metric)
+                    c["near_zero"] = _is_num(c["baseline"]) and abs(c["baseline"]) < NEAR_ZERO
+                    flagged += c["near_zero"] and _is_num(c["rel"])
+                    diff = c["target"] - c["baseline"] if _is_num(c["target"]) and _is_num(c["baseline"]) else None
+                    delta = f"; Δ {diff:+.3f}{fmt_interval(c['paired'])}" if diff is not None else ""
+                    cells.append(f"{fmt_pct(c['rel'])}{' ⚠' if c['near_zero'] else ''} "
+                                 f"({fmt_num(c['target'], 3)} vs {fmt_num(c['baseline'], 3)}{delta})")
+                row["near_zero_cells"] = flagged
+                note = f", {flagged} ⚠" if flagged else ""
+                rows.append([b, *cells, f"{fmt_pct(row['mean'])} ({row['cells_used']} of {len(tasks)}{note})"])
             lines += md_table(["baseline", *tasks, "mean of per-cell ratios"], rows)
     if not out:
         lines += [f"No target algorithm ({', '.join(targets)}) found in the results.", ""]
     return lines, out
+
+
+def _paired_section(paired: Mapping[str, Any]) -> list[str]:
+    """Every algorithm vs the base model and every pair, per task and metric, with interval, P(A>B), MDE."""
+    lines = ["## Paired comparisons", "", f"**Method.** {PAIRED_METHOD}", ""]
+    if not paired:
+        return lines + ["No per-prompt eval records in these results (written before result schema 2): "
+                        "no paired statistics.", ""]
+    for task, by_metric in paired.items():
+        lines += [f"### {task}", ""]
+        for metric, comparisons in by_metric.items():
+            first = comparisons[0]
+            lines += [f"#### {metric} ({first['seeds']} seeds × {first['prompts']} prompts)", ""]
+            rows = [[f"{c['a']} − {c['b']}", f"{c['diff']:+.3f}", fmt_interval(c).strip().removesuffix(" ✓"),
+                     "✓" if c["significant"] else "", fmt_num(c["p_improve"], 2), fmt_num(c["mde"], 3)]
+                    for c in comparisons]
+            lines += md_table(["A − B", "mean difference", "95% interval", "excludes 0", "P(A>B)", "MDE"], rows)
+        mdes = [c["mde"] for cs in by_metric.values() for c in cs if _is_num(c["mde"])]
+        model = [MDE_FACTOR * c["se_model"] for cs in by_metric.values() for c in cs if _is_num(c["se_model"])]
+        if mdes:
+            lines += [f"Minimum detectable effect of this run on {task}: {min(mdes):.3f} to {max(mdes):.3f} "
+                      "(by comparison and metric, in the metric's units). A non-significant difference "
+                      "smaller than its MDE means the run could not tell, not that there is no difference."
+                      + (f" For planning: the same from the two-way ANOVA standard error (seeds × prompts, no "
+                         f"bootstrap inflation): {min(model):.3f} to {max(model):.3f}; the MDE shrinks with "
+                         "1/√(seeds × prompts) while per-prompt noise dominates." if model else ""), ""]
+    return lines
+
+
+def _efficiency_section(efficiency: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """AUC and steps / generated tokens to the threshold per algorithm, and the paper's step claim beside ours."""
+    lines = ["## Sample efficiency", "",
+             "AUC = area under the eval-reward curve divided by the steps it spans (the curve's mean height; the "
+             "base model's reward is the point at step 0, where every run starts). Threshold = the base model's "
+             f"eval reward + {THRESHOLD_FRACTION:.0%} of the best gain over it (best = the highest final mean eval "
+             "reward over the task's algorithms); measured from the base because a base that already scores near "
+             "the best would otherwise \"reach\" it at step 0. Steps and generated tokens to the threshold: the "
+             "first eval step at or above it, mean ± 95% CI over the seeds that reached it; the eval interval "
+             "bounds the resolution. *not reached* is a result.", ""]
+    if not efficiency:
+        return lines + ["No eval curves recorded.", ""], {}
+    for task, row in efficiency.items():
+        lines += [f"### {task} (threshold {fmt_num(row['threshold'], 3)}; base {fmt_num(row.get('base'), 3)}; "
+                  f"best final {fmt_num(row['best_final'], 3)})", ""]
+        if not _is_num(row["threshold"]):
+            lines += ["No algorithm ends above the base model: there is no gain to reach.", ""]
+        table = []
+        for algo, e in row["algorithms"].items():
+            reached = f"{e['reached']} of {e['seeds']}"
+            missing = "not reached" if _is_num(row["threshold"]) else DASH
+            steps = fmt_ci(e["steps"], digits=0) if e["reached"] else missing
+            tokens = fmt_ci(e["tokens"], digits=0) if e["reached"] else missing
+            table.append([algo, fmt_ci(e["auc"]), steps, tokens, reached])
+        lines += md_table(["algorithm", "AUC (eval reward)", "steps to threshold", "generated tokens to threshold",
+                           "seeds that reached it"], table)
+    claim: dict[str, Any] = {"paper": paper.CLAIMED_STEPS, "paper_saving": paper.CLAIMED_STEP_SAVING, "ours": {}}
+    rows = []
+    for task, row in efficiency.items():
+        grao, grpo = (row["algorithms"].get(a) for a in ("grao", "grpo"))
+        if not grao or not grpo:
+            continue
+        counts = f"reached in {grao['reached']} / {grpo['reached']} of {grao['seeds']} / {grpo['seeds']} seeds"
+        g, r = grao["steps"]["mean"], grpo["steps"]["mean"]
+        saving = 1 - g / r if grao["reached"] and grpo["reached"] and r else math.nan
+        if _is_num(saving):
+            text = f"{abs(saving):.0%} {'fewer' if saving >= 0 else 'more'} steps ({g:.0f} vs {r:.0f}; {counts})"
+        else:
+            text = f"no ratio ({counts}{'; grpo at step 0' if grpo['reached'] and not r else ''})"
+        claim["ours"][task] = saving
+        rows.append([task, f"~{paper.CLAIMED_STEP_SAVING:.0%} fewer steps", text])
+    lines += ["### Paper's claim beside ours", "", f"Paper: {paper.CLAIMED_STEPS}. Ours: steps of `grao` vs "
+              "`grpo` to the same threshold.", ""]
+    lines += md_table(["task", "paper", "ours"], rows) if rows else ["No task has both `grao` and `grpo`.", ""]
+    return lines, claim
+
+
+def md_cell(text: Any, limit: int = 300) -> str:
+    """Text safe inside a Markdown table cell: pipes escaped, newlines shown as ⏎, long text cut."""
+    text = "" if text is None else str(text)
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ⏎ ") or "(empty)"
+
+
+def pick_examples(records: Mapping[str, Mapping[Any, Sequence[Mapping[str, Any]]]], seed: Any, k: int) -> list[int]:
+    """The ``k`` eval prompts where the entries' rewards differ most (ties: earlier prompt first)."""
+    runs = [by_seed[seed] for by_seed in records.values() if seed in by_seed]
+    n = min(len(rows) for rows in runs)
+
+    def spread(i: int) -> float:
+        values = [rows[i]["reward"] for rows in runs if _is_num(rows[i].get("reward"))]
+        return max(values) - min(values) if values else 0.0
+
+    return sorted(range(n), key=lambda i: -spread(i))[:k]
+
+
+def _examples_section(records: Mapping[str, Any], k: int = 3) -> list[str]:
+    """A few eval prompts with the base model's and every algorithm's answer side by side."""
+    lines = ["## Eval examples side by side", "",
+             f"For each task, the {k} eval prompts of the first seed on which the answers' rewards differ most "
+             "(the same prompts and sampling seed for every entry). ras: 1 = beats the reference.", ""]
+    if not records:
+        return lines + ["No per-prompt eval records in these results.", ""]
+    for task, entries in records.items():
+        seed = next(iter(next(iter(entries.values()))))
+        entries = {e: by_seed for e, by_seed in entries.items() if seed in by_seed}
+        order = [BASE, *(e for e in entries if e != BASE)] if BASE in entries else list(entries)
+        lines += [f"### {task} (seed {seed})", ""]
+        for i in pick_examples(entries, seed, k):
+            first = entries[order[0]][seed][i]
+            subset = f" (subset {first['subset']})" if first.get("subset") else ""
+            lines += [f"**Eval prompt {i}**{subset}: {md_cell(first.get('prompt'))}", "",
+                      f"**Reference:** {md_cell(first.get('reference'))}", ""]
+            rows = [[e, md_cell(entries[e][seed][i].get("completion")), fmt_num(entries[e][seed][i].get("reward"), 3),
+                     fmt_num(entries[e][seed][i].get("ras"), 0)] for e in order]
+            lines += md_table(["entry", "completion", "reward", "ras"], rows)
+    return lines
 
 
 def _compute_section(table: Mapping[str, Any], totals: Mapping[str, Any]) -> list[str]:
@@ -381,27 +551,39 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     lines += ["## Results", "",
               "Mean ± half-width of the 95% Student-t interval over seeds (n − 1 degrees of freedom); a "
               "single seed shows the value alone. The base model row is the shared starting checkpoint.", ""]
+    subset_keys = {t: next((r["subset_key"] for r in results if r["task"] == t and r.get("subset_key")), None)
+                   for t in tasks}
     for task in tasks:
-        lines += _task_section(task, summary[task], base.get(task))
-    rel_lines, relative = _relative_section(summary, targets)
+        lines += _task_section(task, summary[task], base.get(task), subset_keys[task])
+    records = prompt_records(results)
+    paired = paired_table(results, first=targets)
+    lines += _paired_section(paired)
+    rel_lines, relative = _relative_section(summary, targets, records, subset_keys)
     lines += rel_lines
+    efficiency = sample_efficiency(results)
+    eff_lines, step_claim = _efficiency_section(efficiency)
+    lines += eff_lines
     ctable = compute_table(results)
     totals = compute_totals(ctable)
     lines += _compute_section(ctable, totals)
-    report: dict[str, Any] = {"schema": 1, "title": title, "formula": FORMULA, "n_results": len(results),
+    report: dict[str, Any] = {"schema": 2, "title": title, "formula": FORMULA, "n_results": len(results),
                               "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "targets": targets,
                               "setup": setup, "summary": summary, "base": base, "relative": relative,
-                              "compute": ctable, "compute_totals": totals}
+                              "compute": ctable, "compute_totals": totals, "paired": paired,
+                              "paired_method": PAIRED_METHOD, "sample_efficiency": efficiency,
+                              "paper_step_claim": step_claim}
     if paper_protocol:
         paper_lines, report["paper"] = _paper_section(summary)
         lines += paper_lines
+    lines += _examples_section(records)
     plot_files: list[Path] = []
     if plots:
         from benchmarks.plots import make_plots  # matplotlib only when plotting
 
-        plot_files = make_plots(results, out_dir / "plots")
+        plot_files = make_plots(results, out_dir / "plots", first=targets)
         lines += ["## Plots", "", "Learning curves (curves_*), final metrics (final_*), GRAO loss-term "
-                  "shares (shares_*); shaded bands and error bars are 95% CIs over seeds.", ""]
+                  "shares (shares_*); shaded bands and error bars are 95% CIs over seeds. Paired differences "
+                  "(paired_*): the bootstrap intervals of *Paired comparisons*, green/red where they exclude 0.", ""]
         for path in plot_files:
             rel = path.relative_to(out_dir).as_posix()
             lines += [f"[{path.name}]({rel})", "", f"![{path.stem}]({rel})", ""]

@@ -4,7 +4,7 @@ Layout of an output directory::
 
     base/<task>/                      the base checkpoint (copied path for the tiny model's cache)
     results/<task>/<entry>/seed<k>.json   one finished cell, written atomically
-    base_eval/<task>/seed<k>.json     the base model's eval completions (for NAG) and metrics
+    base_eval/<task>/seed<k>.json     the base model's eval completions (for NAG), metrics and per-prompt records
     tensorboard/<task>/<entry>/seed<k>/
     report.md, report.json, *.png
 
@@ -40,7 +40,7 @@ from algos import Policy
 from benchmarks import executors
 from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
 
-SCHEMA = 1
+SCHEMA = 2  # 2: per-prompt eval records (``examples``, ``base_examples``) for paired statistics
 REQUIRED = {"schema", "key", "task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history",
             "tokens_generated", "tokens_trained", "optimizer_steps", "wall_time_s", "config"}
 
@@ -160,7 +160,7 @@ def checkpoint_identity(name_or_path: str) -> list[Any]:
 
 def base_eval_key(config: BenchConfig, env: Any, policy: Policy, budget, seed: int) -> str:
     """A hash of everything the base eval depends on: task and its kwargs, checkpoint, eval settings, seed."""
-    payload = [env.spec.id, env.spec.kwargs, config.base_model, config.base_options,
+    payload = [SCHEMA, env.spec.id, env.spec.kwargs, config.base_model, config.base_options,
                checkpoint_identity(policy.model.name_or_path), asdict(config.eval), budget.max_new_tokens, seed]
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -193,10 +193,26 @@ def evaluate_base(config: BenchConfig, env: Any, policy: Policy, budget, seed: i
     completions = policy.generate([ex.prompt for ex in examples], temperature=config.eval.temperature,
                                   top_p=config.eval.top_p, max_new_tokens=budget.max_new_tokens,
                                   seed=config.eval.seed + seed).texts
-    metrics = textenv.evaluate_completions(env.unwrapped, examples, completions)
-    record = {"key": key, "completions": completions, "metrics": metrics}
+    metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions)
+    record = {"key": key, "completions": completions, "metrics": metrics, "examples": records}
     write_json_atomic(path, record)
     return record
+
+
+def write_hparams(log_dir: Path, hyperparameters: dict[str, Any], algo: AlgoSpec, budget,
+                  metrics: dict[str, float]) -> None:
+    """The run's hyperparameters and final eval metrics as a TensorBoard HParams entry in its own folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def scalar(v: Any) -> Any:
+        return v if isinstance(v, bool | int | float | str) else json.dumps(v, default=str)
+
+    hparams = {"entry": algo.name, "algorithm": algo.algorithm, "sft_steps": algo.sft_steps,
+               **{f"budget/{k}": v for k, v in asdict(budget).items()},
+               **{k: scalar(v) for k, v in hyperparameters.items() if v is not None}}
+    final = {f"hparam/{k}": v for k, v in metrics.items() if k.rpartition("/")[2] != "n"}
+    with SummaryWriter(str(log_dir)) as writer:
+        writer.add_hparams(hparams, final, run_name=".")
 
 
 def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env: Any, base_path: str,
@@ -221,11 +237,17 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     # After an SFT warm start the RL steps continue its count, so curves read left to right.
     history += [{**h, "step": h["step"] + algo.sft_steps} for h in rl_history]
     wall = time.perf_counter() - start
-    metrics = agent.evaluate(env, base_completions=base["completions"], **evaluation)
+    # agent.evaluate's generation, kept here so the per-prompt records are saved beside the means.
+    examples = env.unwrapped.task.split("eval")[:config.eval.prompts]
+    completions = agent.act([ex.prompt for ex in examples], seed=evaluation["seed"],
+                            temperature=config.eval.temperature, top_p=config.eval.top_p)
+    metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions, base["completions"])
+    write_hparams(log_dir, agent.config.to_dict(), algo, budget, metrics)
     return {
         "schema": SCHEMA, "key": cell_key(config, task, algo, seed), "task": task.id, "algorithm": algo.name,
         "algo": algo.algorithm, "seed": seed, "metrics": metrics, "base_metrics": base["metrics"],
-        "history": history,
+        "history": history, "examples": records, "base_examples": base.get("examples"),
+        "subset_key": env.unwrapped.task.subset_key,
         "tokens_generated": sum(h.get("tokens/generated", 0.0) for h in history),
         "tokens_trained": sum(h.get("tokens/trained", 0.0) for h in history),
         "optimizer_steps": len(history), "sft_steps": algo.sft_steps, "wall_time_s": wall,

@@ -1,19 +1,24 @@
-"""Statistics over benchmark results: seed means with Student-t intervals, relative improvements, curves.
+"""Statistics over benchmark results: seed means with Student-t intervals, relative improvements, curves,
+paired comparisons over the same eval prompts (bootstrap interval, P(A>B), minimum detectable effect) and
+sample efficiency (AUC, steps and tokens to a threshold).
 
 A *result* is one JSON record per (task, algorithm, seed) written by the runner (see ``runner.py``):
 ``{"task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history", "tokens_generated",
-"tokens_trained", "optimizer_steps", "wall_time_s", "config"}``. Everything here is a pure function of a
-list of such dicts, so the report can be rebuilt from the files alone, without torch.
+"tokens_trained", "optimizer_steps", "wall_time_s", "config"}``, since schema 2 also ``"examples"`` and
+``"base_examples"`` (one record per eval prompt, see ``textenv.evaluate_examples``) and ``"subset_key"``.
+Everything here is a pure function of a list of such dicts, so the report can be rebuilt from the files
+alone, without torch; bootstrap draws come from a fixed seed, so the same files give the same report.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import scipy.integrate
+import scipy.stats
 
 FORMULA = (
     "relative improvement of T over B on one cell (task) = (m_T − m_B) / |m_B|, where m is the metric's "
@@ -29,64 +34,11 @@ Summary = dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
 # ------------------------------------------------------------------------------------------ Student t
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes 6.4)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        m2 = 2 * m
-        even = m * (b - m) * x / ((qam + m2) * (a + m2))
-        odd = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        for aa in (even, odd):
-            d = 1.0 + aa * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + aa / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def _betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, dof: float) -> float:
-    """P(T <= t) for Student's t with ``dof`` degrees of freedom."""
-    tail = 0.5 * _betainc(dof / 2.0, 0.5, dof / (dof + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
-@lru_cache(maxsize=256)
 def t_ppf(q: float, dof: float) -> float:
-    """Quantile of Student's t, by bisection on the exact CDF (no scipy); accurate to ~1e-12."""
+    """Quantile of Student's t (``scipy.stats.t.ppf``), with a clear error for an impossible request."""
     if not 0.0 < q < 1.0 or dof <= 0:
         raise ValueError(f"t_ppf needs 0 < q < 1 and dof > 0, got q={q}, dof={dof}")
-    if q < 0.5:
-        return -t_ppf(1.0 - q, dof)
-    lo, hi = 0.0, 2.0
-    while t_cdf(hi, dof) < q:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, dof) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+    return float(scipy.stats.t.ppf(q, dof))
 
 
 # ------------------------------------------------------------------------------------------ scalars
@@ -138,6 +90,21 @@ def unique_results(results: Iterable[Result]) -> list[Result]:
 def ordered(items: Iterable[str]) -> list[str]:
     """Distinct items in order of first appearance (the runner writes in config order)."""
     return list(dict.fromkeys(items))
+
+
+def subset_title(label: str, key: str | None) -> str:
+    """A subset's heading: the task's subset key and the label ("op = +"), or the label alone when the key
+    just says "subset"."""
+    return f"Subset `{label}`" if not key or key == "subset" else f"Subset `{key} = {label}`"
+
+
+def metric_title(metric: str, subset_key: str | None) -> str:
+    """"reward" stays; "+/reward" reads "reward, subset `op = +`"."""
+    group, _, leaf = metric.rpartition("/")
+    if not group:
+        return metric
+    title = subset_title(group, subset_key)
+    return f"{leaf}, {title[0].lower()}{title[1:]}"
 
 
 def _stats(values: list[float], confidence: float = 0.95) -> dict[str, Any]:
@@ -267,4 +234,274 @@ def compute_totals(table: Mapping[str, Mapping[str, Mapping[str, float]]]) -> di
             for k in COMPUTE_KEYS:
                 tot[k] += row[k]
             tot["tasks"] += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------------ paired
+BASE = "base model"  # the entry name of the base model's eval records in ``prompt_records``
+BOOTSTRAP_SAMPLES = 4000
+BOOTSTRAP_SEED = 0
+POWER = 0.80
+ALPHA = 0.05
+# (z_{1−α/2} + z_{power}) = 1.960 + 0.842 = 2.80: an effect this many standard errors away from 0 is
+# detected by a two-sided test at level α with probability ``POWER``.
+MDE_FACTOR = float(scipy.stats.norm.ppf(1 - ALPHA / 2) + scipy.stats.norm.ppf(POWER))
+NEAR_ZERO = 0.05  # |baseline mean| below this makes (m − b)/|b| explode: the ratio is flagged
+PAIRED_METHOD = (
+    "Paired differences: A and B are evaluated on the same eval prompts with the same sampling seed for "
+    "each training seed, so d[s, i] = x_A[s, i] − x_B[s, i] for seed s and prompt i, and the reported "
+    "difference is the mean of d. 95% interval: percentile bootstrap over seeds and prompts together "
+    f"({BOOTSTRAP_SAMPLES} replicates, fixed seed {BOOTSTRAP_SEED}, so the report is deterministic): each "
+    "replicate resamples the seeds, then the prompts, with replacement, and one prompt draw serves every "
+    "drawn seed, because the prompts are shared (a prompt that is easy for A is easy in every seed), which "
+    "resampling them per seed would hide (Owen's pigeonhole bootstrap for crossed factors; it errs wide, "
+    "never narrow: it counts the per-prompt noise up to 3 times). ✓ = the interval excludes 0. "
+    "P(A>B) (Agarwal et al. 2021) = the fraction of (run of A, run of B) pairs over seeds in which A's "
+    "mean over the eval prompts is higher, ties counting ½. MDE (minimum detectable effect) = "
+    f"{MDE_FACTOR:.2f} × SE, SE = the standard deviation of the bootstrap replicates (the same variance the "
+    f"interval uses): a true difference this large is found significant with probability {POWER:.0%} "
+    f"(two-sided α = {ALPHA}). A non-significant difference smaller than the MDE says the run could not tell, "
+    "not that there is no difference."
+)
+
+
+def prompt_records(results: Iterable[Result]) -> dict[str, dict[str, dict[Any, list[Mapping[str, Any]]]]]:
+    """{task: {entry: {seed: per-prompt eval records}}}; the base model's under ``BASE``.
+
+    Results without ``examples`` (written before schema 2) are left out: they have no paired evidence.
+    """
+    out: dict[str, dict[str, dict[Any, list[Mapping[str, Any]]]]] = {}
+    for r in sorted(unique_results(results), key=_seed_key):
+        task = out.setdefault(r["task"], {})
+        if r.get("examples"):
+            task.setdefault(r["algorithm"], {})[r.get("seed")] = r["examples"]
+        if r.get("base_examples"):
+            task.setdefault(BASE, {}).setdefault(r.get("seed"), r["base_examples"])
+    return {t: entries for t, entries in out.items() if entries}
+
+
+def paired_matrix(a: Mapping[Any, Sequence[Mapping[str, Any]]], b: Mapping[Any, Sequence[Mapping[str, Any]]],
+                  metric: str) -> np.ndarray:
+    """d[s, i] = a − b of ``metric`` over the seeds both have (in order) and the prompts both score.
+
+    ``metric`` may name a subset, "helpful/ras", which keeps that subset's prompts. A prompt whose value is
+    missing in any seed (e.g. RAS without a reference) is left out. Records are paired by position and
+    must hold the same prompt; anything else is an error that names the seed and the index.
+    """
+    subset, _, key = metric.rpartition("/")
+    seeds = [s for s in a if s in b]
+    rows = []
+    for seed in seeds:
+        ra, rb = a[seed], b[seed]
+        if len(ra) != len(rb):
+            raise ValueError(f"seed {seed}: {len(ra)} eval records vs {len(rb)}; paired statistics need the "
+                             "same eval prompts")
+        row = []
+        for i, (x, y) in enumerate(zip(ra, rb, strict=True)):
+            if x.get("prompt") != y.get("prompt"):
+                raise ValueError(f"seed {seed}, eval record {i}: prompts differ ({x.get('prompt')!r} vs "
+                                 f"{y.get('prompt')!r}); paired statistics need the same eval prompts")
+            keep = not subset or x.get("subset") == subset
+            xv, yv = x.get(key), y.get(key)
+            row.append(xv - yv if keep and _is_value(xv) and _is_value(yv) else math.nan)
+        rows.append(row)
+    if not rows:
+        return np.empty((0, 0))
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError(f"seeds {seeds} have different numbers of eval records; paired statistics need the "
+                         "same eval prompts in every seed")
+    d = np.array(rows, dtype=float)
+    return d[:, ~np.isnan(d).any(axis=0)]
+
+
+def _is_value(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def crossed_se(d: np.ndarray) -> float:
+    """Model-based standard error of the mean of a seeds × prompts matrix, for planning run sizes.
+
+    Two-way random effects (seeds crossed with prompts): SE² = σ²_seed/S + σ²_prompt/P + σ²_resid/(S·P),
+    the components from the ANOVA mean squares (negative estimates set to 0). With one seed or one prompt
+    the design has one factor: SE = sd / √n of the values.
+    """
+    S, P = d.shape
+    if d.size < 2:
+        return math.nan
+    if S < 2 or P < 2:
+        return float(np.std(d, ddof=1) / math.sqrt(d.size))
+    grand, seed_means, prompt_means = d.mean(), d.mean(axis=1), d.mean(axis=0)
+    ms_seed = P * np.sum((seed_means - grand) ** 2) / (S - 1)
+    ms_prompt = S * np.sum((prompt_means - grand) ** 2) / (P - 1)
+    resid = d - seed_means[:, None] - prompt_means[None, :] + grand
+    ms_resid = np.sum(resid ** 2) / ((S - 1) * (P - 1))
+    var_seed = max(0.0, (ms_seed - ms_resid) / P)
+    var_prompt = max(0.0, (ms_prompt - ms_resid) / S)
+    return float(math.sqrt(var_seed / S + var_prompt / P + ms_resid / (S * P)))
+
+
+def bootstrap_means(d: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """Means of ``samples`` replicates of ``d`` with seeds (rows) and prompts (columns) resampled.
+
+    A replicate's mean is wᵀ d v / (S·P) with multinomial resampling counts w (seeds) and v (prompts),
+    the same as indexing the drawn rows and columns, without building the S×P replicate.
+    """
+    S, P = d.shape
+    rng = np.random.default_rng(seed)
+    w = rng.multinomial(S, np.full(S, 1.0 / S), size=samples)
+    v = rng.multinomial(P, np.full(P, 1.0 / P), size=samples)
+    return np.einsum("rp,rp->r", w @ d, v) / (S * P)
+
+
+def probability_of_improvement(x: Iterable[float], y: Iterable[float]) -> float:
+    """P(X > Y) over every pair (run of X, run of Y), a tie counting ½ (Agarwal et al. 2021); nan if empty."""
+    xs, ys = np.array(_finite(x)), np.array(_finite(y))
+    if not xs.size or not ys.size:
+        return math.nan
+    return float(np.mean((xs[:, None] > ys[None, :]) + 0.5 * (xs[:, None] == ys[None, :])))
+
+
+def paired_difference(d: np.ndarray, confidence: float = 0.95) -> dict[str, Any]:
+    """{"diff", "lo", "hi", "significant", "se", "mde", "se_model", "seeds", "prompts"} of a seeds × prompts
+    matrix of paired differences (see PAIRED_METHOD; ``se_model`` is ``crossed_se``)."""
+    S, P = d.shape if d.ndim == 2 else (0, 0)
+    if d.size == 0:
+        return {"diff": math.nan, "lo": math.nan, "hi": math.nan, "significant": False, "se": math.nan,
+                "mde": math.nan, "se_model": math.nan, "seeds": S, "prompts": P}
+    boot = bootstrap_means(d)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2])
+    se = float(np.std(boot, ddof=1))
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "significant": bool(lo > 0 or hi < 0),
+            "se": se, "mde": MDE_FACTOR * se, "se_model": crossed_se(d), "seeds": S, "prompts": P}
+
+
+def seed_scores(records: Mapping[Any, Sequence[Mapping[str, Any]]], metric: str) -> list[float]:
+    """The metric's mean over a run's eval prompts, one value per seed (for P(A>B))."""
+    subset, _, key = metric.rpartition("/")
+    out = []
+    for rows in records.values():
+        values = [r[key] for r in rows if _is_value(r.get(key)) and (not subset or r.get("subset") == subset)]
+        if values:
+            out.append(float(np.mean(values)))
+    return out
+
+
+def compare(records: Mapping[str, Mapping[Any, Sequence[Mapping[str, Any]]]], a: str, b: str,
+            metric: str) -> dict[str, Any] | None:
+    """Paired comparison of entry ``a`` with ``b`` on ``metric`` (None where either lacks it)."""
+    if a not in records or b not in records:
+        return None
+    d = paired_matrix(records[a], records[b], metric)
+    if d.size == 0:
+        return None
+    return {"a": a, "b": b, "metric": metric, **paired_difference(d),
+            "p_improve": probability_of_improvement(seed_scores(records[a], metric), seed_scores(records[b], metric))}
+
+
+def paired_table(results: Iterable[Result], metrics: Sequence[str] = ("reward", "ras", "nag"),
+                 first: Sequence[str] = ()) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """{task: {metric: [comparison, ...]}}: every algorithm against the base model, then every pair.
+
+    Algorithms named in ``first`` (the report's targets) lead each pair, so their rows read "target − other".
+    """
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for task, records in prompt_records(results).items():
+        entries = [e for e in records if e != BASE]
+        order = [*(e for e in first if e in entries), *(e for e in entries if e not in first)]
+        pairs = [(e, BASE) for e in order] + [(x, y) for i, x in enumerate(order) for y in order[i + 1:]]
+        for metric in metrics:
+            rows = [c for x, y in pairs if (c := compare(records, x, y, metric)) is not None]
+            # A metric that never differs (RAS where nothing can beat the reference) says nothing.
+            if any(c["diff"] != 0 or c["se"] != 0 for c in rows):
+                out.setdefault(task, {})[metric] = rows
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sample efficiency
+THRESHOLD_FRACTION = 0.9
+
+
+def run_curve(r: Result, key: str = "eval/reward") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, values, generated tokens up to each step) of one run; step 0 is the base model's value
+    (every run starts from it) when the record has it and ``key`` is ``eval/<metric>``."""
+    history = r.get("history") or []
+    points = {int(h["step"]): float(h[key]) for h in history if "step" in h and _is_value(h.get(key))}
+    base = (r.get("base_metrics") or {}).get(key.removeprefix("eval/")) if key.startswith("eval/") else None
+    if points and _is_value(base) and min(points) > 0:
+        points[0] = float(base)
+    steps = np.array(sorted(points), dtype=float)
+    per_step = {int(h["step"]): float(h.get("tokens/generated", 0.0) or 0.0) for h in history if "step" in h}
+    tokens = np.array([sum(v for s, v in per_step.items() if s <= step) for step in steps])
+    return steps, np.array([points[int(s)] for s in steps]), tokens
+
+
+def curve_auc(steps: np.ndarray, values: np.ndarray) -> float:
+    """Area under the curve divided by the steps it spans (the curve's mean height; trapezoid rule)."""
+    if len(steps) == 0:
+        return math.nan
+    if len(steps) == 1:
+        return float(values[0])
+    return float(scipy.integrate.trapezoid(values, steps) / (steps[-1] - steps[0]))
+
+
+def first_reach(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
+    """Index of the first point at or above ``threshold``; None if never reached."""
+    hits = np.flatnonzero(values >= threshold)
+    return int(hits[0]) if hits.size else None
+
+
+def threshold_of(finals: Iterable[float], base: float = math.nan, fraction: float = THRESHOLD_FRACTION) -> float:
+    """The level "reached" means: ``fraction`` of the best gain over the base model, base + f·(best − base).
+
+    Measured from the base, because a base model that already scores 0.7 would "reach" 90% of a best of
+    0.74 at step 0. nan when no algorithm ends above the base (nothing to reach). Without a base value:
+    ``fraction`` of the best itself, best − (1 − f)·|best| (right for negative rewards too).
+    """
+    xs = _finite(finals)
+    if not xs:
+        return math.nan
+    best = max(xs)
+    if not _is_value(base):
+        return best - (1 - fraction) * abs(best)
+    return base + fraction * (best - base) if best > base else math.nan
+
+
+def sample_efficiency(results: Iterable[Result], key: str = "eval/reward", fraction: float = THRESHOLD_FRACTION
+                      ) -> dict[str, dict[str, Any]]:
+    """Per task: the threshold (``threshold_of``), and per algorithm AUC, steps and generated tokens to reach
+    it, over seeds.
+
+    ``{task: {"threshold", "best_final", "base", "algorithms": {algo: {"auc", "steps", "tokens": stats over seeds,
+    "reached": k, "seeds": n, "per_seed": [{"seed", "auc", "steps", "tokens"}]}}}}``. Steps and tokens
+    average only the seeds that reached the threshold; ``reached`` < ``seeds`` says how many did not
+    (not reached is a result: steps None; with no threshold nothing is reached).
+    """
+    results = unique_results(results)
+    runs: dict[str, dict[str, list[tuple[Any, tuple[np.ndarray, np.ndarray, np.ndarray]]]]] = {}
+    for r in sorted(results, key=_seed_key):
+        curve = run_curve(r, key)
+        if len(curve[0]):
+            runs.setdefault(r["task"], {}).setdefault(r["algorithm"], []).append((r.get("seed"), curve))
+    base = summarize_base(results)
+    out: dict[str, dict[str, Any]] = {}
+    for task, algos in runs.items():
+        finals = {a: float(np.mean([c[1][-1] for _, c in seeds])) for a, seeds in algos.items()}
+        best = max(finals.values())
+        base_value = base.get(task, {}).get(key.removeprefix("eval/"), {}).get("mean", math.nan)
+        threshold = threshold_of(finals.values(), base_value if key.startswith("eval/") else math.nan, fraction)
+        table = {}
+        for algo, seeds in algos.items():
+            per_seed = []
+            for seed, (steps, values, tokens) in seeds:
+                i = first_reach(steps, values, threshold)
+                per_seed.append({"seed": seed, "auc": curve_auc(steps, values), "final": float(values[-1]),
+                                 "steps": None if i is None else float(steps[i]),
+                                 "tokens": None if i is None else float(tokens[i])})
+            reached = [p for p in per_seed if p["steps"] is not None]
+            table[algo] = {"auc": _stats([p["auc"] for p in per_seed]),
+                           "steps": _stats([p["steps"] for p in reached]),
+                           "tokens": _stats([p["tokens"] for p in reached]),
+                           "reached": len(reached), "seeds": len(per_seed), "per_seed": per_seed}
+        out[task] = {"key": key, "fraction": fraction, "best_final": best, "base": base_value,
+                     "threshold": threshold, "algorithms": table}
     return out

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from benchmarks import plots
-from benchmarks.report import find_key, targets_of, write_report
+from benchmarks.report import find_key, md_cell, targets_of, write_report
 from benchmarks.stats import FORMULA
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -74,10 +74,12 @@ def test_write_report_tables_formula_and_json(tmp_path):
     assert "| grao | 2 | 1.500 ± 6.353 | 0.600 ± 1.271 | 0.300 ± 1.271 |" in md  # reward sd 0.707 -> 6.353
     assert "| sft | 2 | 0.500 ± 0.000 | 0.400 ± 0.000 | — |" in md
     # relative: (0.6 - 0.4)/0.4 = +50%; Dialogue helpful/ras (0.6-0.4)/0.4 = +50%; nag vs missing -> "—"
-    assert "| sft | +50.0% (0.600 vs 0.400) | +50.0% (1 of 1) |" in md
-    assert "vs others — nag" not in md  # no baseline has NAG: a table of dashes is left out
+    # without per-prompt records the difference has no paired interval
+    assert "| sft | +50.0% (0.600 vs 0.400; Δ +0.200) | +50.0% (1 of 1) |" in md
+    assert "vs others — nag\n" not in md  # no baseline has NAG: a table of dashes is left out
     # harmless/nag baseline 0 -> no ratio, so no table either
-    assert "vs others — harmless/nag" not in md
+    assert "vs others — nag, subset `harmless`" not in md
+    assert "### grao vs others — ras, subset `helpful`" in md
     # compute: mean over seeds, wall (2+3)/2 = 2.5
     assert "| grao | 2 | 4 | 1,000 | 500 | 2.5 |" in md
     assert "| sft | 2 | 4 | 0 | 500 | 2.5 |" in md
@@ -146,3 +148,102 @@ def test_setup_cell_tells_per_task_values_from_uncontrolled_ones():
     differs = {"sft": [200, 48], "grao": [100, 48]}
     assert _setup_cell(differs, ["sft", "grao"]).endswith("**(differs)**")
     assert _setup_cell({"sft": [8], "grao": [8]}, ["sft", "grao"]) == "8"
+
+
+# ------------------------------------------------------------------------------------------ evidence
+def evidence_results():
+    """Arithmetic-like results with per-prompt records (subsets "+"/"-"), eval curves and a judge column
+    that repeats RAS: grao gains 0.4 over the base model, sft nothing."""
+    from test_bench_stats import curve_rec, prompt_results
+
+    rs = prompt_results({"grao": 0.4, "sft": 0.0}, n=40, task="textenv/Arithmetic-v0", subsets=["+", "-"] * 20)
+    for r in rs:
+        r["subset_key"] = "op"
+        r["metrics"]["quality_ras"] = r["metrics"]["ras"]
+        r["base_metrics"]["quality_ras"] = r["base_metrics"]["ras"]
+        r["metrics"]["quality"] = r["metrics"]["reward"] + (0.01 if r["algorithm"] == "sft" else 0.0)
+        r["base_metrics"]["quality"] = r["base_metrics"]["reward"]
+        final = 0.9 if r["algorithm"] == "grao" else 0.3
+        r["history"] = curve_rec(r["algorithm"], r["seed"], {10: final / 2, 20: final, 30: final})["history"]
+    rs[0]["examples"][0]["completion"] = "1|2\n3"
+    return rs
+
+
+def test_report_has_paired_mde_efficiency_and_side_by_side_sections(tmp_path):
+    report = write_report(evidence_results(), tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    paired = md[md.index("## Paired comparisons"):md.index("## Relative improvement")]
+    assert "#### reward (3 seeds × 40 prompts)" in paired
+    assert "| A − B | mean difference | 95% interval | excludes 0 | P(A>B) | MDE |" in paired
+    grao_row = next(line for line in paired.splitlines() if line.startswith("| grao − base model |"))
+    cells = [c.strip() for c in grao_row.split("|")[1:-1]]
+    assert float(cells[1]) == pytest.approx(0.4, abs=0.15) and cells[3] == "✓" and cells[4] == "1.00"
+    assert float(cells[5]) > 0  # the MDE
+    assert "| grao − sft |" in paired and "| sft − base model |" in paired
+    assert "Minimum detectable effect of this run on textenv/Arithmetic-v0:" in paired
+    comparison = report["paired"]["textenv/Arithmetic-v0"]["reward"][0]
+    assert comparison["a"] == "grao" and comparison["significant"] and comparison["mde"] == pytest.approx(
+        2.8016 * comparison["se"], rel=1e-4)
+    # the relative table shows Δ and its interval beside the ratio
+    rel = md[md.index("## Relative improvement"):md.index("## Sample efficiency")]
+    assert "; Δ +0." in rel and "] ✓)" in rel
+    # sample efficiency: threshold b + 0.9 * (0.9 - b) over the mean base reward b; grao reaches it at step 20,
+    # sft (final 0.3, below the base) never
+    eff = md[md.index("## Sample efficiency"):md.index("## Compute")]
+    b = sum(r["base_metrics"]["reward"] for r in evidence_results() if r["algorithm"] == "grao") / 3
+    assert f"### textenv/Arithmetic-v0 (threshold {b + 0.9 * (0.9 - b):.3f}; base {b:.3f}; best final 0.900)" in eff
+    assert "| sft | " in eff and "| not reached | not reached | 0 of 3 |" in eff
+    assert "| 20 ± 0 | 200 ± 0 | 3 of 3 |" in eff
+    # AUC of grao: points (0, b), (10, .45), (20, .9), (30, .9); the base reward b differs per seed
+    assert report["sample_efficiency"]["textenv/Arithmetic-v0"]["algorithms"]["grao"]["reached"] == 3
+    assert "Paper: GRAO reaches its optimum in ~50% fewer steps than GRPO" in eff
+    assert "No task has both `grao` and `grpo`." in eff
+    side = md[md.index("## Eval examples side by side"):]
+    assert "### textenv/Arithmetic-v0 (seed 0)" in side and side.count("**Eval prompt ") == 3
+    assert "| entry | completion | reward | ras |" in side and "| base model |" in side
+    assert md_cell("1|2\n3") == "1\\|2 ⏎ 3" and md_cell("x" * 400).endswith("x…") and md_cell("") == "(empty)"
+
+
+def test_identical_metric_columns_are_dropped_and_subsets_titled(tmp_path):
+    write_report(evidence_results(), tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    results_part = md[md.index("## Results"):md.index("## Paired comparisons")]
+    # quality_ras equals ras in every row and seed; quality differs for sft, so it stays
+    headers = [line for line in results_part.splitlines() if line.startswith("| algorithm |")]
+    assert headers[0] == "| algorithm | seeds | reward | ras | quality |"
+    assert not any("quality_ras" in h for h in headers)
+    assert "quality_ras (= ras)" in results_part
+    assert "#### Subset `op = +` (20 eval prompts)" in results_part
+    assert "#### Subset `op = -` (20 eval prompts)" in results_part
+    assert "*+*" not in md and "*-*" not in md
+    assert "### grao vs others — reward, subset `op = +`" in md
+
+
+def test_drop_identical_keeps_columns_that_differ_anywhere():
+    from benchmarks.report import drop_identical
+    from benchmarks.stats import metric_title, subset_title
+
+    rows = [{"a": {"values": [1.0]}, "b": {"values": [1.0]}, "c": {"values": [1.0]}},
+            {"a": {"values": [2.0]}, "b": {"values": [2.0]}, "c": {"values": [3.0]}}]
+    assert drop_identical(["a", "b", "c"], rows) == (["a", "c"], {"b": "a"})
+    assert drop_identical(["a", "missing", "gone"], rows) == (["a", "missing", "gone"], {})  # absent: kept
+    assert subset_title("helpful", "subset") == "Subset `helpful`" and subset_title("+", "op") == "Subset `op = +`"
+    assert metric_title("+/ras", "op") == "ras, subset `op = +`" and metric_title("reward", "op") == "reward"
+
+
+def test_ratio_over_a_baseline_near_zero_is_flagged(tmp_path):
+    rs = [rec("A", "grao", s, {"reward": 0.3}) for s in (0, 1)] + [rec("A", "sft", s, {"reward": 0.02}) for s in (0, 1)]
+    report = write_report(rs, tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "| sft | +1400.0% ⚠ (0.300 vs 0.020; Δ +0.280) | +1400.0% (1 of 1, 1 ⚠) |" in md
+    assert "|mean| < 0.05" in md
+    cell = report["relative"]["grao"]["reward"]["baselines"]["sft"]["cells"]["A"]
+    assert cell["near_zero"] is True and cell["paired"] is None
+    assert "No per-prompt eval records in these results" in md
+
+
+def test_paired_plot_from_per_prompt_records(tmp_path):
+    report = write_report(evidence_results(), tmp_path, plots=True)
+    names = sorted(p.rpartition("/")[2] for p in report["plots"])
+    assert "paired_textenv_Arithmetic-v0.png" in names
+    assert (tmp_path / "plots" / "paired_textenv_Arithmetic-v0.png").read_bytes()[:8] == PNG

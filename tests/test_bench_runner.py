@@ -122,6 +122,13 @@ def test_run_is_controlled_resumable_and_redoes_corrupt_cells(tmp_path, base_pat
         assert r["optimizer_steps"] == 2 and r["tokens_trained"] > 0
         assert [h["step"] for h in r["history"] if "eval/reward" in h] == [1, 2]
         assert {"reward", "ras", "tie", "nag"} <= set(r["metrics"])
+        # per-prompt evidence for paired statistics: the same prompts as the base model's, means match
+        assert [e["prompt"] for e in r["examples"]] == [e["prompt"] for e in r["base_examples"]]
+        assert len(r["examples"]) == 4 and {"reference", "completion", "reward", "ras", "tie", "nag", "subset"} <= set(
+            r["examples"][0])
+        assert "nag" not in r["base_examples"][0] and r["subset_key"] == "op"
+        assert sum(e["reward"] for e in r["examples"]) / 4 == pytest.approx(r["metrics"]["reward"])
+        assert sum(e["reward"] for e in r["base_examples"]) / 4 == pytest.approx(r["base_metrics"]["reward"])
     by_seed = {}
     for r in results:
         by_seed.setdefault(r["seed"], []).append(json.dumps(r["base_metrics"], sort_keys=True))
@@ -154,6 +161,12 @@ def test_report_from_a_run_directory(tmp_path, base_path, capsys):
     assert "| grao |" in report and "| sft |" in report and FORMULA in report
     assert len(list(out.glob("plots/*.png"))) >= 3
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = EventAccumulator(str(out / "tensorboard" / "textenv__Arithmetic-v0" / "grao" / "seed0"))
+    runs.Reload()
+    assert "_hparams_/session_start_info" in runs.PluginTagToContent("hparams")
+    assert "## Paired comparisons" in report and "## Sample efficiency" in report
     (out / "report.md").unlink()
     assert cli(["report", str(out)]) == 0
     assert (out / "report.md").exists()
@@ -179,3 +192,21 @@ def test_task_kwargs_are_checked_against_the_task(tmp_path):
     message = r"bad.toml: \[tasks.\"textenv/Arithmetic-v0\"\] kwargs: .*'max_opernd'.*takes: .*max_operand"
     with pytest.raises(bench_config.BenchConfigError, match=message):
         bench_config.load(path)
+
+
+def test_write_hparams_records_settings_and_final_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    algo = bench_config.AlgoSpec("grao_b", "grao", {})
+    runner.write_hparams(tmp_path, {"lr": 1e-3, "betas": [0.9, 0.99], "unset": None}, algo,
+                         bench_config.Budget(steps=7), {"reward": 0.5, "n": 4.0, "+/ras": 0.25})
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    hparams = dict(start.hparams)
+    assert hparams["lr"].number_value == 1e-3 and hparams["budget/steps"].number_value == 7
+    assert hparams["betas"].string_value == "[0.9, 0.99]" and hparams["entry"].string_value == "grao_b"
+    assert "unset" not in hparams
+    assert sorted(events.Tags()["scalars"]) == ["hparam/+/ras", "hparam/reward"]  # prompt counts left out

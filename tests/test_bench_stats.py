@@ -3,20 +3,36 @@
 
 import math
 
+import numpy as np
 import pytest
+import scipy.stats
 
 from benchmarks import paper
 from benchmarks.stats import (
+    BASE,
     FORMULA,
+    MDE_FACTOR,
+    compare,
     compute_table,
     compute_totals,
+    crossed_se,
+    curve_auc,
     curves,
+    first_reach,
     mean_ci,
+    paired_difference,
+    paired_matrix,
+    paired_table,
+    probability_of_improvement,
+    prompt_records,
     relative_improvement,
     relative_table,
+    run_curve,
+    sample_efficiency,
     summarize,
     summarize_base,
     t_ppf,
+    threshold_of,
 )
 
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 9: 2.262, 29: 2.045}  # two-sided 95% t table
@@ -31,6 +47,12 @@ def rec(task, algorithm, seed, metrics, **extra):
 @pytest.mark.parametrize("dof", sorted(T975))
 def test_t_ppf_matches_t_table(dof):
     assert t_ppf(0.975, dof) == pytest.approx(T975[dof], abs=5e-4)
+
+
+@pytest.mark.parametrize("q", [0.6, 0.9, 0.95, 0.975, 0.995, 0.025])
+@pytest.mark.parametrize("dof", [1, 2, 3, 4, 7, 29, 1000])
+def test_t_ppf_is_scipys(q, dof):
+    assert t_ppf(q, dof) == pytest.approx(scipy.stats.t.ppf(q, dof), rel=1e-12)
 
 
 def test_t_ppf_symmetry_and_limits():
@@ -190,3 +212,188 @@ def test_paper_table_values():
     assert paper.value("Moonlight-16B-A3B", "helpful", "SFT", "nag") == -1.64
     assert paper.value("Qwen2.5-7B", "harmless", "GRAO", "RAS") == 68.01
     assert len(paper.TABLE) == 4 and all(set(row) == set(paper.ALGORITHMS) for row in paper.TABLE.values())
+
+
+# ------------------------------------------------------------------------------------------ paired
+def rows(values, prompts=None, key="reward", subsets=None):
+    prompts = prompts or [f"p{i}" for i in range(len(values))]
+    out = [{"prompt": p, "reference": "r", "completion": "c", key: v} for p, v in zip(prompts, values, strict=True)]
+    for r, s in zip(out, subsets or [], strict=False):
+        r["subset"] = s
+    return out
+
+
+def metrics_of(records):
+    """Means of the per-prompt values, overall and per subset, as evaluate_examples writes them."""
+    keys = [k for k in records[0] if k not in {"prompt", "reference", "completion", "subset"}]
+    out = {k: float(np.mean([r[k] for r in records if r[k] is not None])) for k in keys}
+    for s in sorted({r["subset"] for r in records if r.get("subset")}):
+        part = [r for r in records if r.get("subset") == s]
+        out[f"{s}/n"] = float(len(part))
+        out |= {f"{s}/{k}": float(np.mean([r[k] for r in part if r[k] is not None])) for k in keys}
+    return out
+
+
+def prompt_results(effects, seeds=(0, 1, 2), n=60, task="T", seed_sd=0.02, noise=0.3, rng_seed=0, subsets=None):
+    """Results with per-prompt records: reward = prompt difficulty + seed effect + effect + noise; the base
+    model has effect 0. ``effects`` maps algorithm -> true mean gain over the base model."""
+    rng = np.random.default_rng(rng_seed)
+    prompts = [f"{i}+{i}=" for i in range(n)]
+    difficulty = rng.normal(0.5, 0.2, n)
+    out = []
+    for seed in seeds:
+        base = difficulty + rng.normal(0, noise, n)
+        base_rows = rows([float(x) for x in base], prompts, subsets=subsets)
+        for r, x in zip(base_rows, base, strict=True):
+            r["ras"] = float(x > 0.5)
+        for algo, effect in effects.items():
+            x = difficulty + effect + rng.normal(0, seed_sd) + rng.normal(0, noise, n)
+            records = rows([float(v) for v in x], prompts, subsets=subsets)
+            for r, v in zip(records, x, strict=True):
+                r["ras"] = float(v > 0.5)
+            out.append({"task": task, "algorithm": algo, "algo": algo, "seed": seed, "metrics": metrics_of(records),
+                        "base_metrics": metrics_of(base_rows), "examples": records, "base_examples": base_rows,
+                        "history": []})
+    return out
+
+
+def test_crossed_se_and_mde_by_hand():
+    d = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 8.0]])
+    # grand 3.5; seed means 2, 5; prompt means 2, 3, 5.5
+    # MS_seed = 3 * (1.5² + 1.5²) / 1 = 13.5; MS_prompt = 2 * (1.5² + 0.5² + 2²) / 2 = 6.5
+    # residuals ±0.5, ±0.5, ∓1 -> SS 3 -> MS_resid = 3 / (1 * 2) = 1.5
+    # σ²_seed = (13.5 - 1.5)/3 = 4, σ²_prompt = (6.5 - 1.5)/2 = 2.5 -> SE² = 4/2 + 2.5/3 + 1.5/6 = 3.0833
+    assert crossed_se(d) == pytest.approx(math.sqrt(3.0833333), rel=1e-6)
+    # one seed: one factor, SE = sd / sqrt(n): [1, 2, 3] -> 1 / sqrt(3)
+    assert crossed_se(np.array([[1.0, 2.0, 3.0]])) == pytest.approx(1 / math.sqrt(3))
+    # negative variance components are clipped: all rows equal -> σ²_seed 0, only prompts vary
+    same = np.array([[0.0, 1.0], [0.0, 1.0]])  # MS_prompt = 2 * 2 * 0.25 / 1 = 1, MS_seed = MS_resid = 0
+    assert crossed_se(same) == pytest.approx(math.sqrt(0.5 / 2))  # σ²_prompt = 1/2, / P=2
+
+
+def test_mde_is_2_8_bootstrap_standard_errors_by_hand():
+    assert abs(MDE_FACTOR - (1.959964 + 0.841621)) < 1e-5  # z_0.975 + z_0.80 = 2.80
+    d = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 8.0]])
+    # Exact variance of the replicate mean wᵀdv/(SP), w ~ Mult(S, 1/S), v ~ Mult(P, 1/P):
+    #   seeds: Σ_s (r_s − r̄)² / S² with row means r = 2, 5 -> (2.25 + 2.25) / 4 = 1.125
+    #   prompts given seeds: Σ_p [(1 − 1/S)(Σ_s e_sp)² + Σ_s e_sp²] / (SP)², e = d − row mean
+    #   = rows (−1, 0, 1), (−2, −1, 3): [(½·9 + 5) + (½·1 + 1) + (½·16 + 10)] / 36 = 29/36 = 0.8056
+    # SE = sqrt(1.9306) = 1.3894; MDE = 2.8016 * 1.3894 = 3.893
+    out = paired_difference(d)
+    assert out["diff"] == pytest.approx(3.5) and out["seeds"] == 2 and out["prompts"] == 3
+    assert out["se"] == pytest.approx(1.3894, rel=0.03)  # 4000 replicates: ~1% Monte Carlo error
+    assert out["mde"] == pytest.approx(MDE_FACTOR * out["se"])
+    assert out["mde"] == pytest.approx(3.893, rel=0.03)
+    assert out["se_model"] == pytest.approx(crossed_se(d))
+
+
+def test_bootstrap_interval_covers_a_known_paired_difference():
+    covered, significant = 0, 0
+    for rep in range(25):
+        rs = prompt_results({"a": 0.15, "b": 0.0}, seeds=(0, 1, 2, 3, 4), n=60, rng_seed=rep)
+        c = compare(prompt_records(rs)["T"], "a", "b", "reward")
+        covered += c["lo"] <= 0.15 <= c["hi"]
+        significant += c["significant"]
+        assert c["lo"] < c["diff"] < c["hi"]
+        # conservative, but not wildly: the bootstrap SE stays within 2x the two-way ANOVA one
+        assert c["se_model"] < c["se"] < 2 * c["se_model"]
+    # the 95% interval covers the true 0.15 in (nearly) every data set, and a gain of 0.15 with 5 x 60
+    # paired draws of sd 0.42 (SE ~0.03) is detected nearly always
+    assert covered >= 23 and significant >= 23
+
+
+def test_bootstrap_is_deterministic_and_wider_with_fewer_prompts():
+    rs = prompt_results({"a": 0.1, "b": 0.0}, n=200)
+    first = compare(prompt_records(rs)["T"], "a", "b", "reward")
+    assert compare(prompt_records(rs)["T"], "a", "b", "reward") == first
+    few = prompt_results({"a": 0.1, "b": 0.0}, n=20)
+    c = compare(prompt_records(few)["T"], "a", "b", "reward")
+    narrow, wide = first["hi"] - first["lo"], c["hi"] - c["lo"]
+    assert wide > 2 * narrow  # 10x fewer prompts: ~3x wider
+
+
+def test_probability_of_improvement_by_hand():
+    # pairs: 1>0, 1<2, 1<5, 2>0, 2=2 (1/2), 2<5, 3>0, 3>2, 3<5 -> 4.5 / 9
+    assert probability_of_improvement([1, 2, 3], [0, 2, 5]) == pytest.approx(0.5)
+    assert probability_of_improvement([2.0, 3.0], [1.0]) == 1.0
+    assert probability_of_improvement([0.4], [0.4, 0.5]) == pytest.approx(0.25)  # tie 1/2, loss 0
+    assert math.isnan(probability_of_improvement([], [1.0]))
+
+
+def test_paired_matrix_pairs_by_prompt_subset_and_reference():
+    a = {0: rows([1.0, 2.0, None], subsets=["+", "-", "+"]), 1: rows([3.0, 1.0, 0.0], subsets=["+", "-", "+"])}
+    b = {0: rows([0.5, 0.5, 0.5], subsets=["+", "-", "+"]), 1: rows([1.0, 1.0, 1.0], subsets=["+", "-", "+"]),
+         2: rows([9.0, 9.0, 9.0])}
+    d = paired_matrix(a, b, "reward")
+    assert d.tolist() == [[0.5, 1.5], [2.0, 0.0]]  # seed 2 unpaired; prompt 2 lacks a value in seed 0
+    assert paired_matrix(a, b, "+/reward").tolist() == [[0.5], [2.0]]
+    assert paired_matrix(a, b, "nag").size == 0
+    with pytest.raises(ValueError, match=r"seed 0, eval record 1: prompts differ"):
+        paired_matrix({0: rows([1.0, 2.0], ["x", "y"])}, {0: rows([1.0, 2.0], ["x", "z"])}, "reward")
+    with pytest.raises(ValueError, match="seed 0: 2 eval records vs 1"):
+        paired_matrix({0: rows([1.0, 2.0])}, {0: rows([1.0])}, "reward")
+
+
+def test_paired_table_orders_targets_first_and_compares_with_base():
+    rs = prompt_results({"sft": 0.0, "grao": 0.3}, n=40)
+    table = paired_table(rs, metrics=("reward", "nag"), first=["grao"])
+    assert list(table["T"]) == ["reward"]  # no record has nag
+    pairs = [(c["a"], c["b"]) for c in table["T"]["reward"]]
+    assert pairs == [("grao", BASE), ("sft", BASE), ("grao", "sft")]
+    grao = table["T"]["reward"][0]
+    assert grao["significant"] and grao["lo"] > 0 and grao["p_improve"] == 1.0
+    assert grao["diff"] == pytest.approx(np.mean([r["metrics"]["reward"] - r["base_metrics"]["reward"]
+                                                  for r in rs if r["algorithm"] == "grao"]))
+    assert prompt_records([{"task": "T", "algorithm": "x", "seed": 0, "metrics": {}}]) == {}  # schema 1
+    for r in rs:  # nothing ever beats the reference (RAS on Arithmetic): no table of zeros
+        for e in [*r["examples"], *r["base_examples"]]:
+            e["ras"] = 0.0
+    assert list(paired_table(rs, metrics=("reward", "ras"))["T"]) == ["reward"]
+
+
+# ------------------------------------------------------------------------------------------ sample efficiency
+def curve_rec(algo, seed, points, base=0.0, tokens_per_step=10):
+    history = [{"step": s, "tokens/generated": tokens_per_step} for s in range(1, 31)]
+    for step, value in points.items():
+        history[step - 1]["eval/reward"] = value
+    return rec("T", algo, seed, {}, history=history, base_metrics={"reward": base})
+
+
+def test_auc_and_steps_to_threshold_by_hand():
+    r = curve_rec("a", 0, {10: 0.2, 20: 0.6, 30: 0.8})
+    steps, values, tokens = run_curve(r)
+    assert steps.tolist() == [0, 10, 20, 30] and values.tolist() == [0.0, 0.2, 0.6, 0.8]  # base at step 0
+    assert tokens.tolist() == [0, 100, 200, 300]
+    # trapezoids: 10*(0+0.2)/2 + 10*(0.2+0.6)/2 + 10*(0.6+0.8)/2 = 1 + 4 + 7 = 12, over 30 steps = 0.4
+    assert curve_auc(steps, values) == pytest.approx(0.4)
+    assert first_reach(steps, values, 0.6) == 2 and first_reach(steps, values, 0.81) is None
+    assert curve_auc(np.array([5.0]), np.array([0.3])) == 0.3
+    # from the base: base + 90% of the best gain; 0.7 + 0.9 * (0.8 - 0.7) = 0.79, not 0.9 * 0.8 = 0.72,
+    # which a base of 0.7 would "reach" at step 0
+    assert threshold_of([0.8, 0.3], base=0.7) == pytest.approx(0.79)
+    assert threshold_of([-0.5, -1.0], base=-0.9) == pytest.approx(-0.54)  # -0.9 + 0.9 * 0.4
+    assert math.isnan(threshold_of([0.6, 0.65], base=0.7))  # nobody beat the base: nothing to reach
+    assert threshold_of([0.8, 0.3]) == pytest.approx(0.72)  # no base: 90% of the best
+    assert threshold_of([-0.5, -1.0]) == pytest.approx(-0.55)  # best - 10% of |best|, below the best
+
+
+def test_sample_efficiency_not_reached_is_a_result():
+    rs = [curve_rec("a", 0, {10: 0.2, 20: 0.6, 30: 0.8}), curve_rec("a", 1, {10: 0.3, 20: 0.75, 30: 0.8}),
+          curve_rec("b", 0, {10: 0.1, 20: 0.2, 30: 0.3}), rec("T", "c", 0, {}, history=[{"step": 1}])]
+    e = sample_efficiency(rs)["T"]
+    assert e["best_final"] == pytest.approx(0.8) and e["threshold"] == pytest.approx(0.72)
+    a, b = e["algorithms"]["a"], e["algorithms"]["b"]
+    assert "c" not in e["algorithms"]  # no eval curve at all
+    assert [p["steps"] for p in a["per_seed"]] == [30.0, 20.0] and a["reached"] == 2
+    assert a["steps"]["mean"] == 25 and a["steps"]["ci95"] == pytest.approx(12.706 * 5, abs=0.01)  # sd 7.07
+    assert a["tokens"]["mean"] == 250
+    # seed 1: (0+0.3)*5 + (0.3+0.75)*5 + (0.75+0.8)*5 = 1.5 + 5.25 + 7.75 = 14.5 -> 0.48333
+    assert a["auc"]["values"] == pytest.approx([0.4, 14.5 / 30])
+    assert b["reached"] == 0 and b["per_seed"][0]["steps"] is None and math.isnan(b["steps"]["mean"])
+
+
+def test_sample_efficiency_without_a_gain_reaches_nothing():
+    rs = [curve_rec("a", 0, {10: 0.5, 20: 0.6, 30: 0.6}, base=0.7), curve_rec("b", 0, {10: 0.7, 30: 0.65}, base=0.7)]
+    e = sample_efficiency(rs)["T"]
+    assert e["base"] == pytest.approx(0.7) and math.isnan(e["threshold"])
+    assert all(a["reached"] == 0 for a in e["algorithms"].values())

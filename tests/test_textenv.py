@@ -14,7 +14,17 @@ from gymnasium.vector import AutoresetMode
 import textenv
 from rewards import PairwiseJudge, RewardError
 from rewards.tiny import byte_tokenizer
-from textenv import Example, Task, TaskError, TextGenEnv, TextSpace, TextVectorEnv, TokenEnv, evaluate_completions
+from textenv import (
+    Example,
+    Task,
+    TaskError,
+    TextGenEnv,
+    TextSpace,
+    TextVectorEnv,
+    TokenEnv,
+    evaluate_completions,
+    evaluate_examples,
+)
 
 BUILTIN = ["textenv/Arithmetic-v0", "textenv/Sentiment-v0", "textenv/Dialogue-v0", "textenv/Preference-v0"]
 # A reward model small enough to train in about a second; cached under a per-session directory.
@@ -380,6 +390,21 @@ def test_evaluate_completions_absolute_reward_by_hand():
                 "b/n": 2, "b/reward": 0.0, "b/ras": 0.0, "b/tie": 0.5, "b/nag": -0.5,
                 "b/nonempty": 0.0, "b/nonempty_ras": 0.0, "b/nonempty_tie": 0.5, "b/nonempty_nag": -0.5}
     assert out == pytest.approx(expected)
+
+
+def test_evaluate_examples_per_prompt_records_by_hand():
+    task = metric_task(lambda p, c, r=None, **k: [float(x.count("!")) for x in c])
+    examples = task.split("eval")
+    # same numbers as above: R(o) = 2, 2, 0, 0 vs R(y) = 1, 2, 0, 1 and base R = 1, 3, 0, 1
+    metrics, records = evaluate_examples(task, examples, ["!!", "!!", "", ""], base_completions=["!", "!!!", "", "!"])
+    assert metrics == evaluate_completions(task, examples, ["!!", "!!", "", ""], base_completions=["!", "!!!", "", "!"])
+    assert [r["prompt"] for r in records] == ["p1", "p2", "p3", "p4"]
+    assert [r["subset"] for r in records] == ["a", "a", "b", "b"]
+    assert records[1] == {"prompt": "p2", "reference": "!!", "completion": "!!", "subset": "a", "reward": 2.0,
+                          "ras": 0.0, "tie": 1.0, "nag": -1.0}
+    assert [r["ras"] for r in records] == [1.0, 0.0, 0.0, 0.0] and [r["nag"] for r in records] == [1.0, -1.0, 0, -1.0]
+    _, no_refs = evaluate_examples(task, [Example("q1")], ["!"])
+    assert no_refs == [{"prompt": "q1", "reference": None, "completion": "!", "subset": None, "reward": 1.0}]
 
 
 def test_evaluate_completions_pairwise_judge_by_hand():

@@ -15,7 +15,7 @@ from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.batched import batched
 from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
-from textenv.metrics import evaluate_completions
+from textenv.metrics import evaluate_completions, evaluate_examples
 from textenv.registry import (
     ENTRY_POINT_GROUP,
     EnvNotFound,
@@ -54,6 +54,7 @@ __all__ = [
     "columns_of",
     "conversation_text",
     "evaluate_completions",
+    "evaluate_examples",
     "hf_dataset",
     "is_conversational",
     "list_envs",

@@ -71,6 +71,18 @@ def evaluate_completions(env_or_task: Any, examples: Sequence[Example], completi
     ``env_or_task`` is a ``Task`` or an env built on one (``env.unwrapped.task``). RAS and tie are
     computed over the examples that have a reference answer and are left out when none has.
     """
+    return evaluate_examples(env_or_task, examples, completions, base_completions)[0]
+
+
+def evaluate_examples(env_or_task: Any, examples: Sequence[Example], completions: Sequence[str],
+                      base_completions: Sequence[str] | None = None) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """``evaluate_completions``'s metrics plus one record per example, from the same reward calls.
+
+    A record holds ``prompt``, ``reference``, ``completion``, ``subset`` (with a ``subset_key``) and the
+    per-example value behind every metric: ``reward``, ``ras`` (1 win / 0 not), ``tie``, ``nag``
+    (sign of the gain over the base completion), ``m``, ``m_ras``, ... ; None where undefined (no
+    reference). Paired statistics over the same prompts need these, not the means.
+    """
     env = getattr(env_or_task, "unwrapped", env_or_task)
     task = env if isinstance(env, Task) else getattr(env, "task", None)
     if not isinstance(task, Task):
@@ -91,10 +103,18 @@ def evaluate_completions(env_or_task: Any, examples: Sequence[Example], completi
             outcomes[name] = arr
     everything = np.arange(n)
     result = {"n": float(n), **_means(outcomes, "", everything)}
+    labels = [None] * n
     if task.subset_key is not None:
         labels = [str(ex.meta[task.subset_key]) if task.subset_key in ex.meta else None for ex in examples]
         for label in sorted({s for s in labels if s is not None}):
             rows = np.array([i for i, s in enumerate(labels) if s == label])
             result[f"{label}/n"] = float(rows.size)
             result |= _means(outcomes, f"{label}/", rows)
-    return result
+    records = []
+    for i, ex in enumerate(examples):
+        record: dict[str, Any] = {"prompt": ex.prompt, "reference": ex.reference, "completion": completions[i]}
+        if task.subset_key is not None:
+            record["subset"] = labels[i]
+        record |= {k: (None if np.isnan(v[i]) else float(v[i])) for k, v in outcomes.items()}
+        records.append(record)
+    return result, records
