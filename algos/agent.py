@@ -60,9 +60,13 @@ class AgentConfig:
     max_new_tokens: int = 16  # length cap of sampled completions
     temperature: float = 0.7  # sampling temperature (online algorithms also score at it)
     top_p: float = 1.0  # nucleus sampling
+    top_k: int = 0  # top-k sampling; 0 = no filter (log-probs are of the full distribution)
+    repetition_penalty: float = 1.0  # HF's repetition penalty while sampling; 1.0 = none
     num_iterations: int = 1  # optimisation passes over each batch (GRPO's mu, PPO's epochs)
     num_minibatches: int = 1  # optimiser steps per pass, each on an equal share of the prompt groups
     micro_batch_size: int | None = None  # prompt groups per forward/backward (gradient accumulation); None = all
+    bf16: bool = False  # bfloat16 autocast in the forward passes (mixed precision; weights stay as loaded)
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -70,10 +74,11 @@ class AgentConfig:
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}.{field.name} must be a finite number, got {value}")
-        for key in ("seed", "warmup_steps"):
+        for key in ("seed", "warmup_steps", "top_k"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "batch_size", "max_new_tokens", "temperature", "top_p", "max_grad_norm"):
+        for key in ("lr", "batch_size", "max_new_tokens", "temperature", "top_p", "max_grad_norm",
+                    "repetition_penalty"):
             if getattr(self, key) <= 0:
                 raise ConfigError(f"{name}.{key} must be > 0, got {getattr(self, key)}")
         if self.top_p > 1:
@@ -257,6 +262,9 @@ class Agent:
             base = config.to_dict() if config is not None else {}
             config = self.config_class.from_dict({**base, **overrides}, where=type(self).__name__)
         self.policy, self.config = policy, config
+        policy.autocast = torch.bfloat16 if config.bf16 else None
+        if config.gradient_checkpointing:
+            policy.gradient_checkpointing()
         self.step = 0
         self.history: list[dict[str, float]] = []
         torch.manual_seed(config.seed)
@@ -342,8 +350,9 @@ class Agent:
     # --- shared machinery ---------------------------------------------------------------------
     def act(self, prompts: Sequence[str], **generation: Any) -> list[str]:
         """Completions for ``prompts``; keyword arguments override the config's sampling settings."""
-        settings = {"temperature": self.config.temperature, "top_p": self.config.top_p,
-                    "max_new_tokens": self.config.max_new_tokens, **generation}
+        cfg = self.config
+        settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                    "repetition_penalty": cfg.repetition_penalty, "max_new_tokens": cfg.max_new_tokens, **generation}
         return self.policy.generate(list(prompts), **settings).texts
 
     def evaluate(self, env: Any, *, split: str = "eval", num_prompts: int | None = None, seed: int = 0,

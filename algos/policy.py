@@ -6,12 +6,19 @@ given completions through one forward path, the model's variants (``reference()`
 policy that KL terms and DPO compare against), and save/load as safetensors. Prompts are
 left-padded and completions right-padded, and position ids are derived from the attention mask, so
 a sequence's log-probs do not depend on how much padding its batch needed.
+
+What a real chat model needs lives here too, so algorithm files never see it: chat templates for
+message prompts (``chat=True`` templates plain prompts as a user turn), the model's generation config
+(several EOS ids), LoRA adapters through ``peft`` (the reference policy is then the same weights with
+the adapter switched off), bf16 autocast, gradient checkpointing, context-length checks, and
+log-probs computed in chunks when no gradient is needed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +29,8 @@ import torch
 from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
+
+from textenv import message_text
 
 
 @contextlib.contextmanager
@@ -35,6 +44,36 @@ def _quiet(enabled: bool = True) -> Iterator[None]:
     finally:
         if enabled and was_on:
             hf_logging.enable_progress_bar()
+
+
+Prompt = str | list[dict[str, Any]]  # plain text, or TRL's conversational format (a list of messages)
+SETTINGS = "policy.json"  # the prompt settings saved beside the weights
+
+
+def _as_list(x: Any) -> list[int]:
+    return [] if x is None else [x] if isinstance(x, int) else list(x)
+
+
+def _peft() -> Any:
+    try:
+        import peft
+    except ImportError as err:
+        raise ImportError("LoRA needs peft: pip install 'grao-lab[peft]'") from err
+    return peft
+
+
+def lora_config(lora: dict[str, Any] | Any) -> Any:
+    """A ``peft.LoraConfig`` from one, or from a dict with the short names of a benchmark config's
+    ``[base.lora]`` (``r``, ``alpha``, ``dropout``, ``target_modules``; other keys go to LoraConfig as is)."""
+    peft = _peft()
+    if isinstance(lora, peft.LoraConfig):
+        return lora
+    if not isinstance(lora, dict):
+        raise TypeError(f"lora must be a dict or a peft.LoraConfig, got {type(lora).__name__}")
+    names = {"alpha": "lora_alpha", "dropout": "lora_dropout"}
+    options = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+               **{names.get(k, k): v for k, v in lora.items()}}
+    return peft.LoraConfig(task_type="CAUSAL_LM", **options)
 
 
 class CheckpointError(ValueError):
@@ -82,7 +121,7 @@ class Samples:
     ``truncated`` marks samples that hit ``max_new_tokens`` without EOS.
     """
 
-    prompts: list[str]
+    prompts: list[Prompt]
     prompt_index: torch.Tensor  # [M]
     prompt_ids: torch.Tensor  # [M, P] left-padded
     prompt_mask: torch.Tensor  # [M, P]
@@ -103,7 +142,8 @@ class Samples:
 class Policy:
     """A causal LM plus tokenizer with the handful of operations alignment algorithms need."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any, device: str | torch.device | None = None):
+    def __init__(self, model: PreTrainedModel, tokenizer: Any, device: str | torch.device | None = None, *,
+                 chat: bool = False, truncate_prompts: bool = False):
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
                 raise ValueError("the tokenizer has neither a pad nor an eos token")
@@ -115,21 +155,47 @@ class Policy:
         # Dropout off: RL log-probs must be the same numbers at sampling and at update time.
         self.model = model.to(self.device).eval()
         self._reference: Policy | None = None
+        self._adapter_off = False  # True for the LoRA reference view: the same model, adapter disabled
+        self.chat = chat  # apply the chat template to plain-string prompts too (as one user turn)
+        self.truncate_prompts = truncate_prompts  # cut prompts from the left to fit the context, else error
         self.max_rows = 64  # rows per forward pass when no gradient is needed (bounds memory)
+        self.autocast: torch.dtype | None = None  # e.g. torch.bfloat16: mixed precision in the forward pass
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos_token_ids = sorted({tokenizer.eos_token_id, *_as_list(generation_eos)})
 
     # ----------------------------------------------------------------- construction
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
-                        **model_kwargs: Any) -> Policy:
-        """Load any HF causal LM by hub name (needs a network) or local path."""
+                        lora: dict[str, Any] | Any = None, chat: bool | None = None,
+                        truncate_prompts: bool | None = None, **model_kwargs: Any) -> Policy:
+        """Load any HF causal LM by hub name (needs a network) or local path.
+
+        ``lora`` (a dict of ``r``, ``alpha``, ``dropout``, ``target_modules``, ... or a ``peft.LoraConfig``)
+        adds a LoRA adapter: only its weights train. A directory saved from a LoRA policy holds the adapter
+        and is loaded on top of its base model. ``chat`` and ``truncate_prompts`` default to what was saved.
+        """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        local = Path(name_or_path)
+        settings = json.loads((local / SETTINGS).read_text()) if (local / SETTINGS).is_file() else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        with _quiet(Path(name_or_path).is_dir()):
+        adapter = (local / "adapter_config.json").is_file()
+        base = json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter \
+            else name_or_path
+        with _quiet(Path(base).is_dir()):
             model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
-        return cls(model, tokenizer, device=device)
+                base, dtype=dtype, trust_remote_code=trust_remote_code, **model_kwargs)
+        if adapter or lora is not None:
+            peft = _peft()
+            if adapter:
+                model = peft.PeftModel.from_pretrained(model, name_or_path, is_trainable=True)
+            else:
+                model = peft.get_peft_model(model, lora_config(lora))
+        return cls(model, tokenizer, device=device,
+                   chat=settings.get("chat", False) if chat is None else chat,
+                   truncate_prompts=settings.get("truncate_prompts", False) if truncate_prompts is None
+                   else truncate_prompts)
 
     @classmethod
     def tiny(cls, task: Any, recipe: Any = None, *, cache_dir: str | Path | None = None,
@@ -141,19 +207,32 @@ class Policy:
         return cls.from_pretrained(path, device=device)
 
     def save(self, directory: str | Path) -> None:
-        """Model (safetensors) and tokenizer, loadable by ``from_pretrained`` or any HF tool."""
+        """Model (safetensors; only the adapter under LoRA) and tokenizer, loadable by ``from_pretrained``
+        or any HF tool, plus the prompt settings (``policy.json``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with _quiet():
             self.model.save_pretrained(directory, safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
+        (directory / SETTINGS).write_text(json.dumps({"chat": self.chat, "truncate_prompts": self.truncate_prompts}))
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
+
+    def merge(self) -> Policy:
+        """A plain policy with the LoRA adapter merged into the weights (to export or serve)."""
+        if not self.is_lora:
+            raise ValueError("merge() needs a LoRA policy; this one has no adapter")
+        model = copy.deepcopy(self.model).merge_and_unload()
+        return Policy(model, self.tokenizer, device=self.device, chat=self.chat, truncate_prompts=self.truncate_prompts)
 
     load = from_pretrained
 
     def save_checkpoint(self, directory: str | Path) -> None:
         """``save`` plus what resuming needs besides: the reference policy's weights when it is a copy."""
         self.save(directory)
-        if self._reference is not None:
+        if self._reference is not None and not self._reference._adapter_off:
             save_model(self._reference.model, str(Path(directory) / "reference.safetensors"))
 
     def load_checkpoint(self, directory: str | Path) -> None:
@@ -167,41 +246,99 @@ class Policy:
                 load_model(self.reference().model, str(path), device=str(self.device))
 
     def reference(self) -> Policy:
-        """The frozen reference policy (KL terms, DPO): a copy of the weights at the first call, never trained."""
+        """The frozen reference policy (KL terms, DPO), made at the first call: under LoRA the same model
+        with the adapter switched off (no second copy in memory, as TRL does), else a copy of the weights
+        at that moment that never trains. It scores with this policy's precision and prompt settings."""
         if self._reference is None:
-            model = copy.deepcopy(self.model).eval().requires_grad_(False)
-            self._reference = Policy(model, self.tokenizer, device=self.device)
+            reference = copy.copy(self)
+            if self.is_lora:
+                reference._adapter_off = True
+            else:
+                reference.model = copy.deepcopy(self.model).requires_grad_(False)
+            self._reference = reference
         return self._reference
 
     def parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        """The trainable parameters (only the adapter's under LoRA; none for the reference)."""
+        return [] if self._adapter_off else [p for p in self.model.parameters() if p.requires_grad]
+
+    def gradient_checkpointing(self) -> None:
+        """Recompute activations in the backward pass instead of storing them. HF models only checkpoint
+        in train mode, so the model goes to train mode with every dropout forced off: log-probs at
+        sampling and at update time stay the same numbers."""
+        if hasattr(self.model, "activation_checkpointing_enable"):
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # its name before transformers 5.x
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.model.train()
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+            if isinstance(getattr(module, "attention_dropout", None), float):
+                module.attention_dropout = 0.0
 
     # ----------------------------------------------------------------- encoding
-    def encode(self, prompts: Sequence[str], completions: Sequence[str], max_tokens: int | None = None,
+    def encode(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], max_tokens: int | None = None,
                ) -> EncodedBatch:
-        """Prompt and completion ids of text pairs (EOS appended to each completion, cut to ``max_tokens``)."""
-        return EncodedBatch(*self.encode_prompts(prompts), *self.encode_completions(completions, max_tokens))
+        """Prompt and completion ids (EOS appended to each completion, cut to ``max_tokens``); prompts are
+        left-truncated to fit the context when ``truncate_prompts``, else an over-long pair is an error."""
+        completion_rows = self._completion_rows(completions, max_tokens)
+        longest = max((len(r) for r in completion_rows), default=0)
+        return EncodedBatch(*self._pad(self._prompt_rows(prompts, longest), left=True),
+                            *self._pad(completion_rows, left=False))
 
-    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded prompt ids (BOS first when the tokenizer has one) and attention mask."""
-        bos = self.tokenizer.bos_token_id
-        rows = []
-        for text in prompts:
-            ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
-            if bos is not None and (not ids or ids[0] != bos):
-                ids = [bos, *ids]
-            rows.append(ids)
-        return self._pad(rows, left=True)
+    def encode_prompts(self, prompts: Sequence[Prompt], room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded prompt ids and attention mask, leaving ``room`` positions of context for the answer."""
+        return self._pad(self._prompt_rows(prompts, room), left=True)
 
-    def encode_completions(self, completions: Sequence[str], max_tokens: int | None = None,
+    def encode_completions(self, completions: Sequence[Prompt], max_tokens: int | None = None,
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded completion ids with EOS appended (cut to ``max_tokens``) and mask."""
+        return self._pad(self._completion_rows(completions, max_tokens), left=False)
+
+    def _prompt_rows(self, prompts: Sequence[Prompt], room: int) -> list[list[int]]:
+        """Token ids of each prompt: a message list (or, with ``chat``, a string as a user turn) through the
+        tokenizer's chat template with the generation prompt; a plain string with BOS first when the
+        tokenizer has one."""
+        bos, limit = self.tokenizer.bos_token_id, self.context_length
+        rows = []
+        for i, prompt in enumerate(prompts):
+            if isinstance(prompt, list) or self.chat:
+                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                if not getattr(self.tokenizer, "chat_template", None):
+                    raise ValueError(f"prompt {i} is a list of messages but the tokenizer has no chat template; "
+                                     f"pass plain-text prompts or a tokenizer with a chat template")
+                ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                              tokenize=True)["input_ids"])
+            else:
+                ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+                if bos is not None and (not ids or ids[0] != bos):
+                    ids = [bos, *ids]
+            if limit is not None and len(ids) + room > limit:
+                if not self.truncate_prompts or room >= limit:
+                    raise ValueError(f"prompt {i} has {len(ids)} tokens and the answer may take {room}, "
+                                     f"{len(ids) + room} in all, past the model's context of {limit} positions; "
+                                     f"shorten it, lower max_new_tokens, or set truncate_prompts")
+                ids = ids[len(ids) + room - limit:]
+            rows.append(ids)
+        return rows
+
+    def _completion_rows(self, completions: Sequence[Prompt], max_tokens: int | None) -> list[list[int]]:
         eos = self.tokenizer.eos_token_id
         rows = []
-        for text in completions:
-            ids = [*self.tokenizer(text, add_special_tokens=False)["input_ids"], eos]
+        for completion in completions:
+            ids = [*self.tokenizer(message_text(completion), add_special_tokens=False)["input_ids"], eos]
             rows.append(ids[:max_tokens] if max_tokens else ids)
-        return self._pad(rows, left=False)
+        return rows
+
+    @property
+    def context_length(self) -> int | None:
+        """The longest prompt + completion the model can position (its position table), if it says."""
+        config = self.model.config
+        for key in ("max_position_embeddings", "n_positions"):
+            if isinstance(getattr(config, key, None), int):
+                return getattr(config, key)
+        return None
 
     def _pad(self, rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
         width = max((len(r) for r in rows), default=0)
@@ -220,10 +357,15 @@ class Policy:
 
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.7,
-                 top_p: float = 1.0, max_new_tokens: int = 32, greedy: bool = False,
-                 seed: int | None = None, batch_size: int | None = None) -> Samples:
-        """Sample ``num_samples`` completions per prompt; samples of one prompt are consecutive."""
+    def generate(self, prompts: Sequence[Prompt], *, num_samples: int = 1, temperature: float = 0.7,
+                 top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, max_new_tokens: int = 32,
+                 greedy: bool = False, seed: int | None = None, batch_size: int | None = None) -> Samples:
+        """Sample ``num_samples`` completions per prompt; samples of one prompt are consecutive.
+
+        Only the settings given here shape the distribution (``top_k=0``: no top-k filter), whatever
+        sampling defaults the model's generation config carries, so algorithms score exactly the
+        distribution they sampled from; the model's EOS ids are honoured.
+        """
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() got no prompts")
@@ -233,30 +375,47 @@ class Policy:
             raise ValueError(f"temperature must be a finite number > 0 when sampling, got {temperature}")
         if not greedy and not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k must be a whole number >= 0 (0 = no top-k filter), got {top_k!r}")
+        if not (math.isfinite(repetition_penalty) and repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be a finite number > 0, got {repetition_penalty}")
+        pad = self.tokenizer.pad_token_id
+        # Every setting that shapes the distribution is set, because transformers fills unset ones from the
+        # model's generation config (e.g. Qwen's top_k=20) and then its own defaults (top_k=50).
         config = GenerationConfig(
-            do_sample=not greedy, temperature=temperature if not greedy else None,
-            top_p=top_p if not greedy else None, top_k=None,  # no hidden top-k: log-probs must match sampling
-            max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=not greedy, temperature=1.0 if greedy else temperature, top_p=1.0 if greedy else top_p,
+            top_k=50 if greedy else top_k,  # greedy ignores top_k; 50 is transformers' default, not flagged
+            repetition_penalty=repetition_penalty, typical_p=1.0,
+            epsilon_cutoff=0.0, eta_cutoff=0.0, no_repeat_ngram_size=0, max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples, eos_token_id=self.eos_token_ids, pad_token_id=pad,
             bos_token_id=self.tokenizer.bos_token_id, use_cache=True,
-            # A sampled pad token would be indistinguishable from padding.
-            suppress_tokens=[self.tokenizer.pad_token_id]
-            if self.tokenizer.pad_token_id != self.tokenizer.eos_token_id else None)
+            # A sampled pad token would be indistinguishable from padding (unless pad is an EOS).
+            suppress_tokens=None if pad in self.eos_token_ids else [pad])
         chunk = batch_size or len(prompts)
         devices = [self.device] if self.device.type == "cuda" else []
         outputs = []
-        with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        with torch.random.fork_rng(devices=devices, enabled=seed is not None), self._eval_mode():
             if seed is not None:
                 torch.manual_seed(seed)
             for start in range(0, len(prompts), chunk):
-                ids, mask = self.encode_prompts(prompts[start:start + chunk])
+                ids, mask = self.encode_prompts(prompts[start:start + chunk], room=max_new_tokens)
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 outputs.append((ids, mask, seqs[:, ids.shape[1]:]))
         return self._samples(prompts, num_samples, outputs)
 
-    def _samples(self, prompts: list[str], num_samples: int,
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Generate in eval mode (a gradient-checkpointed model trains in train mode, which disables the cache)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
+        finally:
+            self.model.train(was_training)
+
+    def _samples(self, prompts: list[Prompt], num_samples: int,
                  outputs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> Samples:
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        pad = self.tokenizer.pad_token_id
         width_p = max(o[0].shape[1] for o in outputs)
         width_c = max(max(o[2].shape[1] for o in outputs), 1)
         p_ids, p_mask, c_ids = [], [], []
@@ -266,10 +425,10 @@ class Policy:
             p_mask.append(torch.nn.functional.pad(mask, (width_p - mask.shape[1], 0), value=0))
             c_ids.append(torch.nn.functional.pad(comp, (0, width_c - comp.shape[1]), value=pad))
         completion_ids = torch.cat(c_ids)
-        is_eos = completion_ids == eos
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
         # Keep tokens up to and including the first EOS; everything after it is padding.
         keep = (is_eos.cumsum(-1) - is_eos.long()) == 0
-        if pad != eos:  # generate() pads finished rows (and short chunks) with pad
+        if pad not in self.eos_token_ids:  # generate() pads finished rows (and short chunks) with pad
             keep &= completion_ids != pad
         completion_ids = completion_ids.masked_fill(~keep, pad)
         completion_mask = keep.long()
@@ -308,15 +467,19 @@ class Policy:
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                         output_hidden_states=hidden, use_cache=False)
+        adapter_off = self.model.disable_adapter() if self._adapter_off else contextlib.nullcontext()
+        precision = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                                   enabled=self.autocast is not None)
+        with adapter_off, precision:
+            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                             output_hidden_states=hidden, use_cache=False)
         P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         logits = out.logits[:, P - 1:P - 1 + T].float() / temperature
         token_logps = torch.gather(logits.log_softmax(-1), 2, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
         token_logps = token_logps * batch.completion_mask
         return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T] if hidden else None
 
-    def text_logprobs(self, prompts: Sequence[str], completions: Sequence[str], max_tokens: int | None = None,
+    def text_logprobs(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], max_tokens: int | None = None,
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs and mask of given text completions (EOS appended), with gradients if enabled."""
         batch = self.encode(prompts, completions, max_tokens)

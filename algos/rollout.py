@@ -33,6 +33,8 @@ class SamplingSettings(Protocol):
     group_size: int
     temperature: float
     top_p: float
+    top_k: int
+    repetition_penalty: float
     max_new_tokens: int
 
 
@@ -45,8 +47,9 @@ def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: Sa
     """
     group_size = config.group_size
     samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
-                              temperature=config.temperature, top_p=config.top_p,
-                              max_new_tokens=config.max_new_tokens, seed=int(rng.integers(2**31)))
+                              temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                              repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
+                              seed=int(rng.integers(2**31)))
     repeated = [ex for ex in examples for _ in range(group_size)]
     total, components = env.score(repeated, samples.texts)
     rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)

@@ -172,7 +172,7 @@ def _check_name(name: Any, where: str, key: str, folder: str | None = None) -> s
 # [eval] bounds: (minimum, maximum, strictly above); everything else in [budget]/[eval] is an int >= 1.
 _BOUNDS: dict[str, tuple[float | None, float | None, float | None]] = {
     "seed": (0, MAX_SEED, None), "every": (0, None, None),
-    "temperature": (None, None, 0.0), "top_p": (None, 1.0, 0.0),
+    "temperature": (None, None, 0.0), "top_p": (None, 1.0, 0.0), "gpus_per_cell": (0, None, None),
 }
 
 
