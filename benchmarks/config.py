@@ -8,6 +8,8 @@ Every error names the file and the offending key. A config looks like::
 
     [base]
     model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
+    # dtype, device, trust_remote_code; chat = true (chat template for plain prompts); truncate_prompts;
+    # [base.lora] r, alpha, dropout, target_modules: train a LoRA adapter (peft) instead of all weights
 
     [budget]                          # identical for every algorithm
     steps = 30                        # optimiser steps (training iterations) per run
@@ -115,7 +117,8 @@ class BenchConfig:
 
 
 _TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms", "resources"}
-_BASE = {"model", "dtype", "device", "trust_remote_code", "recipe"}
+_BASE = {"model", "dtype", "device", "trust_remote_code", "recipe", "chat", "truncate_prompts", "lora"}
+_LORA = {"r": (int, 1), "alpha": (float, 0), "dropout": (float, 0), "target_modules": (None, None)}
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 # Entry names and task slugs become folders under --out: one plain component, never "..", "/" or "\\".
 _SAFE_NAME = re.compile(r"[\w+-][\w.+-]*")
@@ -197,8 +200,21 @@ def _check_base_options(options: dict[str, Any], where: str) -> None:
 
     from algos.tiny import TinyRecipe
 
-    if "trust_remote_code" in options:
-        _typed(options["trust_remote_code"], bool, where, "[base] trust_remote_code")
+    for key in ("trust_remote_code", "chat", "truncate_prompts"):
+        if key in options:
+            _typed(options[key], bool, where, f"[base] {key}")
+    if "lora" in options:
+        lora = _check_keys(options["lora"], set(_LORA), where, "base.lora")
+        for key, (kind, minimum) in _LORA.items():
+            if key in lora and kind is not None:
+                _typed(lora[key], kind, where, f"[base.lora] {key}", minimum=minimum)
+        modules = lora.get("target_modules", "all-linear")
+        if not (isinstance(modules, str) or isinstance(modules, list) and modules
+                and all(isinstance(m, str) for m in modules)):
+            raise _fail(where, f"[base.lora] target_modules must be a string (e.g. 'all-linear') or a list of "
+                        f"module names, got {modules!r}")
+        if lora.get("dropout", 0) >= 1:
+            raise _fail(where, f"[base.lora] dropout must be < 1, got {lora['dropout']}")
     if "dtype" in options:
         dtype = _typed(options["dtype"], str, where, "[base] dtype")
         if not isinstance(getattr(torch, dtype, None), torch.dtype):

@@ -209,3 +209,52 @@ def test_every_algorithm_trains_a_chat_model_with_lora_micro_batches_and_bf16(ch
     after = dict(policy.model.named_parameters())
     assert all(torch.equal(after[n], p) for n, p in base.items())              # base weights untouched
     assert any(not torch.equal(after[n], p) for n, p in adapter.items())       # the adapter trained
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def _bench(tmp_path, base: str):
+    path = tmp_path / "c.toml"
+    path.write_text(f'seeds = [0]\n[base]\nmodel = "tiny"\n{base}\n[tasks."textenv/Arithmetic-v0"]\n'
+                    f'[algorithms.grao]\nmicro_batch_size = 2\nbf16 = true\ngradient_checkpointing = true\n')
+    return path
+
+
+def test_benchmark_configs_take_chat_lora_and_memory_settings(tmp_path):
+    from benchmarks import config as bench_config
+
+    config = bench_config.load(_bench(tmp_path, 'chat = true\ntruncate_prompts = true\n[base.lora]\nr = 4\n'
+                                                'alpha = 8\ndropout = 0.1\ntarget_modules = ["q_proj", "v_proj"]'))
+    assert config.base_options["lora"] == {"r": 4, "alpha": 8, "dropout": 0.1, "target_modules": ["q_proj", "v_proj"]}
+    assert config.base_options["chat"] is True
+    assert config.algorithms[0].hyperparameters == {"micro_batch_size": 2, "bf16": True, "gradient_checkpointing": True}
+    hh = bench_config.load("hh")
+    assert hh.base_options["chat"] and hh.base_options["lora"]["r"] == 16
+    assert all(a.hyperparameters["bf16"] and a.hyperparameters["micro_batch_size"] for a in hh.algorithms)
+
+
+@pytest.mark.parametrize(("base", "message"), [
+    ("[base.lora]\nrank = 4", r"unknown key 'rank' in \[base.lora\]; valid keys: alpha, dropout, r, target_modules"),
+    ("[base.lora]\nr = 0", r"\[base.lora\] r must be >= 1"),
+    ("[base.lora]\ndropout = 1.5", r"\[base.lora\] dropout must be < 1"),
+    ("[base.lora]\ntarget_modules = [1, 2]", r"\[base.lora\] target_modules must be a string"),
+    ("chat = \"yes\"", r"\[base\] chat must be"),
+])
+def test_bad_lora_and_chat_settings_name_the_key(tmp_path, base, message):
+    from benchmarks import config as bench_config
+
+    with pytest.raises(bench_config.BenchConfigError, match=message):
+        bench_config.load(_bench(tmp_path, base))
+
+
+def test_hh_as_chat_messages_from_the_fixture():
+    from pathlib import Path
+
+    from textenv.tasks import hh_task
+
+    task = hh_task(Path(__file__).parent / "fixtures" / "hh_sample.jsonl", reward="vader", messages=True)
+    ex = task.split("train")[0]
+    assert isinstance(ex.prompt, list) and ex.prompt[0]["role"] == "user" and ex.prompt[-1]["role"] == "user"
+    assert ex.reference == ex.chosen and ex.chosen[0]["role"] == "assistant"
+    env = textenv.TextGenEnv(task)
+    prompt, info = env.reset(seed=0)
+    assert isinstance(prompt, str) and isinstance(info["prompt"], list)
