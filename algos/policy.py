@@ -20,7 +20,7 @@ import contextlib
 import copy
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,8 +308,8 @@ class Policy:
                 if not getattr(self.tokenizer, "chat_template", None):
                     raise ValueError(f"prompt {i} is a list of messages but the tokenizer has no chat template; "
                                      f"pass plain-text prompts or a tokenizer with a chat template")
-                ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                              tokenize=True)["input_ids"])
+                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)  # a dict since transformers 5
             else:
                 ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
                 if bos is not None and (not ids or ids[0] != bos):
