@@ -36,6 +36,29 @@ CODE_VERSION = "1"
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 0
 
 
+def save_atomically(path: Path, marker: str, info: dict, parts: list, quiet: bool = True) -> None:
+    """``save_pretrained`` each of ``parts`` (model, tokenizer) and ``info`` as ``marker`` into a temp folder
+    beside ``path``, then rename it into place: readers never see half a model, and losing the race to a
+    concurrent builder of the same cache entry is fine."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    bars = hf_logging.is_progress_bar_enabled()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    try:
+        for part in parts:
+            part.save_pretrained(tmp)
+        (tmp / marker).write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / marker).exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 @dataclass(frozen=True)
 class TinyRecipe:
     """Architecture and pretraining hyperparameters of a tiny base model (all of it goes in the cache key)."""
@@ -199,25 +222,9 @@ def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str |
     start = time.perf_counter()
     model, losses = train(docs, recipe, progress)
     seconds = time.perf_counter() - start
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    bars = hf_logging.is_progress_bar_enabled()
-    if not progress:
-        hf_logging.disable_progress_bar()
-    try:
-        model.save_pretrained(tmp)
-        byte_tokenizer().save_pretrained(tmp)
-        info = {"task": task.name, "recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION,
-                "documents": len(docs), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-                "train_seconds": round(seconds, 1)}
-        (tmp / "tiny_recipe.json").write_text(json.dumps(info, indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        if not (path / "tiny_recipe.json").exists():   # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            hf_logging.enable_progress_bar()
+    info = {"task": task.name, "recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION,
+            "documents": len(docs), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+            "train_seconds": round(seconds, 1)}
+    save_atomically(path, "tiny_recipe.json", info, [model, byte_tokenizer()], quiet=not progress)
     _say(f"tiny base model for {task.name}: trained in {seconds:.0f}s, saved to {path}", progress)
     return path

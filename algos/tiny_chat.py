@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
-from transformers.utils import logging as hf_logging
 
-from algos.tiny import cache_root
+from algos.tiny import cache_root, save_atomically
 
 # Bump when a change here alters the files built for the same arguments.
 CODE_VERSION = "1"
@@ -101,20 +97,5 @@ def build_tiny_chat_model(cache_dir: str | Path | None = None, *, vocab_size: in
     tokenizer = _tokenizer(vocab_size)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])
     model = _model(len(tokenizer), eos_id, pad_id, hidden_size, num_layers, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()        # a sub-second save needs no progress bar
-    try:
-        model.save_pretrained(tmp)          # safetensors, config.json, generation_config.json
-        tokenizer.save_pretrained(tmp)
-        (tmp / "tiny_chat.json").write_text(json.dumps(args, indent=2))
-        os.replace(tmp, path)
-    except OSError:
-        if not (path / "tiny_chat.json").exists():   # not a lost race with another process
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if bars:
-            hf_logging.enable_progress_bar()
+    save_atomically(path, "tiny_chat.json", args, [model, tokenizer])  # safetensors, configs, tokenizer
     return path
