@@ -222,8 +222,12 @@ class Policy:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, num_samples: int = 1, temperature: float = 0.7,
                  top_p: float = 1.0, max_new_tokens: int = 32, greedy: bool = False,
-                 seed: int | None = None, batch_size: int | None = None) -> Samples:
-        """Sample ``num_samples`` completions per prompt; samples of one prompt are consecutive."""
+                 seed: int | Sequence[int] | None = None, batch_size: int | None = None) -> Samples:
+        """Sample ``num_samples`` completions per prompt; samples of one prompt are consecutive.
+
+        ``batch_size`` prompts go through each ``generate`` call; ``seed`` seeds the first call, or, as a
+        list, each call (so a chunk's samples do not depend on the chunks before it).
+        """
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() got no prompts")
@@ -243,12 +247,16 @@ class Policy:
             suppress_tokens=[self.tokenizer.pad_token_id]
             if self.tokenizer.pad_token_id != self.tokenizer.eos_token_id else None)
         chunk = batch_size or len(prompts)
+        starts = range(0, len(prompts), chunk)
+        seeds = list(seed) if isinstance(seed, Sequence) else [seed] + [None] * (len(starts) - 1)
+        if len(seeds) != len(starts):
+            raise ValueError(f"generate() got {len(seeds)} seeds for {len(starts)} chunks of prompts")
         devices = [self.device] if self.device.type == "cuda" else []
         outputs = []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(prompts), chunk):
+            for start, chunk_seed in zip(starts, seeds, strict=True):
+                if chunk_seed is not None:
+                    torch.manual_seed(chunk_seed)
                 ids, mask = self.encode_prompts(prompts[start:start + chunk])
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 outputs.append((ids, mask, seqs[:, ids.shape[1]:]))
