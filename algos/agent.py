@@ -310,7 +310,10 @@ class Agent:
     # --- the shared step ----------------------------------------------------------------------
     def update(self, env: textenv.TextGenEnv, rng: np.random.Generator) -> dict[str, float]:
         """One training step: make a batch, then ``num_iterations`` passes of ``num_minibatches``
-        optimiser steps over it (a fresh order of the groups each pass when there are minibatches)."""
+        optimiser steps over it (a fresh order of the groups each pass when there are minibatches).
+
+        On several processes each rank makes the batch of its share of the step's prompt groups and
+        orders its own groups, so a minibatch holds an equal share of every rank's groups."""
         cfg = self.config
         with torch.no_grad(), self.engine.making_batch():
             batch = self.make_batch(self.engine.shard(env), rng)
