@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -52,10 +53,10 @@ def trained(agent: algos.Agent) -> dict[str, torch.Tensor]:
     return {str(i): p.detach().clone() for i, p in enumerate(agent._trained_parameters())}
 
 
-def train_case(case: str, model_dir: Path) -> algos.Agent:
+def train_case(case: str, model_dir: Path, log_dir: Path | None = None) -> algos.Agent:
     name, config = CASES[case]
     agent = algos.make(name, algos.Policy.from_pretrained(model_dir), **COMMON, **config)
-    agent.learn(varied_env(), STEPS, progress=False)
+    agent.learn(varied_env(), STEPS, progress=False, log_dir=log_dir)
     return agent
 
 
@@ -99,6 +100,19 @@ def test_each_rank_keeps_its_contiguous_share_of_what_every_rank_draws():
         distributed.Engine(0, 2).shard(env).sample(3, np.random.default_rng(0))
 
 
+def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
+    policy, env = algos.Policy.from_pretrained(model_dir), textenv.batched(varied_env())
+    examples = env.sample(4, np.random.default_rng(0))
+    settings = SimpleNamespace(group_size=2, temperature=1.0, top_p=1.0, max_new_tokens=6, generation_chunk=2)
+    one = algos.collect(policy, env, examples, settings, np.random.default_rng(5))
+    with distributed.Engine(1, 2).making_batch():  # rank 1 of 2 holds the last two prompts
+        rank1 = algos.collect(policy, env, examples[2:], settings, np.random.default_rng(5))
+    assert rank1.samples.texts == one.samples.texts[4:] and torch.equal(rank1.rewards, one.rewards[2:])
+    assert one.samples.texts[:4] != one.samples.texts[4:]
+    with pytest.raises(ValueError, match=r"generate\(\) got 1 seeds for 2 chunks of prompts"):
+        policy.generate(["1+1=", "2+2="], batch_size=1, seed=[3])
+
+
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(model_dir):
     agent = algos.make("grao", algos.Policy.from_pretrained(model_dir), batch_size=3, group_size=2)
     agent.engine = distributed.Engine(0, 2)  # what two launched processes would see (checked before any message)
@@ -140,6 +154,9 @@ def test_two_processes_train_every_algorithm_as_one_process_does(model_dir, tmp_
                 if key in want:
                     assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), f"{case}: {key}"
         assert untimed(histories[0]) == untimed(histories[1]), f"{case}: ranks logged different records"
+    # Each rank was asked to write to its own folder; only rank 0 did.
+    assert (tmp_path / "logs-rank0" / "history.jsonl").exists() and (tmp_path / "saved-rank0" / "agent.json").exists()
+    assert not (tmp_path / "logs-rank1").exists() and not (tmp_path / "saved-rank1").exists()
 
 
 TRAIN = ["grao", "--env", "textenv/Arithmetic-v0", "--steps", "2", "--quiet", "--eval-every", "2",
@@ -191,10 +208,12 @@ def _worker(out: Path, model_dir: Path) -> None:
     """Under torchrun: every rank trains each case and saves its own weights and history (a test's view;
     the library itself writes on rank 0 only)."""
     torch.set_num_threads(1)
+    rank = distributed.current().rank
     for case in CASES:
-        agent = train_case(case, model_dir)
-        save_file(trained(agent), out / f"{case}-rank{agent.engine.rank}.safetensors")
-        (out / f"{case}-rank{agent.engine.rank}.json").write_text(json.dumps(agent.history))
+        agent = train_case(case, model_dir, log_dir=out / f"logs-rank{rank}" if case == "sft" else None)
+        save_file(trained(agent), out / f"{case}-rank{rank}.safetensors")
+        (out / f"{case}-rank{rank}.json").write_text(json.dumps(agent.history))
+    agent.save(out / f"saved-rank{rank}")
     distributed.close()
 
 
