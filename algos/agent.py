@@ -9,7 +9,10 @@ A :class:`Batch` is split by whole prompt groups only, and every loss is normali
 the whole optimiser step (:class:`StepTotals`), so a step in micro-batches equals the full-batch step.
 Everything else is shared too: the training loop with progress, TensorBoard and JSONL logging,
 evaluation, saving, checkpoints and resume. Each step draws its randomness from ``(seed, step)``, so
-a resumed run replays exactly what an uninterrupted one would have done.
+a resumed run replays exactly what an uninterrupted one would have done. Launched on several
+processes (``torchrun``, ``accelerate launch``), the same loop trains data-parallel through the engine
+in :mod:`algos.distributed`: each rank makes the batch of its share of the step's prompt groups, the
+totals and gradients are summed over ranks, and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 import textenv
+from algos import distributed
 from algos.policy import EncodedBatch, Policy, reading
 
 
@@ -67,6 +71,9 @@ class AgentConfig:
     micro_batch_size: int | None = None  # prompt groups per forward/backward (gradient accumulation); None = all
     bf16: bool = False  # bfloat16 autocast in the forward passes (mixed precision; weights stay as loaded)
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    # Prompts per generate call, each chunk seeded by its offset in the step's batch (bounds generation memory;
+    # with a divisor of batch_size / processes, a prompt's samples do not depend on the process count). None = all.
+    generation_chunk: int | None = None
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -83,7 +90,7 @@ class AgentConfig:
                 raise ConfigError(f"{name}.{key} must be > 0, got {getattr(self, key)}")
         if self.top_p > 1:
             raise ConfigError(f"{name}.top_p must be <= 1, got {self.top_p}")
-        for key in ("num_iterations", "num_minibatches", "micro_batch_size"):
+        for key in ("num_iterations", "num_minibatches", "micro_batch_size", "generation_chunk"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
         if self.num_minibatches > self.batch_size:
@@ -246,6 +253,17 @@ class StepTotals:
         return cls(batch.groups, {k: len(v) for k, v in encoded.items()},
                    {k: v.num_tokens for k, v in encoded.items()})
 
+    def across(self, engine: distributed.Engine) -> StepTotals:
+        """The totals over every rank's share of the step (``self`` on one process)."""
+        if engine.world_size == 1:
+            return self
+        keys = sorted(self.rows)
+        counts = [int(c) for c in engine.sum_numbers([self.groups, *(self.rows[k] for k in keys),
+                                                      *(self.tokens[k] for k in keys)])]
+        n = len(keys)
+        return StepTotals(counts[0], dict(zip(keys, counts[1:n + 1], strict=True)),
+                          dict(zip(keys, counts[n + 1:], strict=True)))
+
 
 # ---------------------------------------------------------------------------------------------- agent
 class Agent:
@@ -265,6 +283,7 @@ class Agent:
         policy.autocast = torch.bfloat16 if config.bf16 else None
         if config.gradient_checkpointing:
             policy.gradient_checkpointing()
+        self.engine = distributed.current()  # one process, or this rank of a torchrun / accelerate launch
         self.step = 0
         self.history: list[dict[str, float]] = []
         torch.manual_seed(config.seed)
@@ -299,10 +318,13 @@ class Agent:
     # --- the shared step ----------------------------------------------------------------------
     def update(self, env: textenv.TextGenEnv, rng: np.random.Generator) -> dict[str, float]:
         """One training step: make a batch, then ``num_iterations`` passes of ``num_minibatches``
-        optimiser steps over it (a fresh order of the groups each pass when there are minibatches)."""
+        optimiser steps over it (a fresh order of the groups each pass when there are minibatches).
+
+        On several processes each rank makes the batch of its share of the step's prompt groups and
+        orders its own groups, so a minibatch holds an equal share of every rank's groups."""
         cfg = self.config
-        with torch.no_grad():
-            batch = self.make_batch(env, rng)
+        with torch.no_grad(), self.engine.making_batch():
+            batch = self.make_batch(self.engine.shard(env), rng)
         stats: dict[str, float] = {}
         for _ in range(cfg.num_iterations):
             if cfg.num_minibatches == 1:
@@ -311,12 +333,13 @@ class Agent:
             for part in np.array_split(rng.permutation(batch.groups), cfg.num_minibatches):
                 stats = self.optimizer_step(batch.select(part))
         trained = sum(enc.num_tokens for enc in batch.encoded().values()) * cfg.num_iterations
-        return {**stats, **batch.stats, "tokens/trained": float(trained)}
+        return self.engine.mean_stats({**stats, **batch.stats, "tokens/trained": float(trained)}, _summed_stat)
 
     def optimizer_step(self, batch: Batch) -> dict[str, float]:
-        """Accumulate the gradients of ``batch`` in micro-batches, clip, step. Returns the step's loss,
-        gradient norm (before clipping) and the loss stats, averaged over micro-batches by group count."""
-        totals = StepTotals.of(batch)
+        """Accumulate the gradients of ``batch`` in micro-batches, sum them over ranks, clip, step. Returns
+        the loss (this rank's part), the gradient norm (before clipping) and the loss stats, averaged over
+        micro-batches by group count."""
+        totals = StepTotals.of(batch).across(self.engine)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, weighted = 0.0, {}
         for micro in batch.split(self.config.micro_batch_size):
@@ -327,7 +350,8 @@ class Agent:
             loss_sum += loss.item()
             for key, value in stats.items():
                 weighted[key] = weighted.get(key, 0.0) + value * micro.groups / batch.groups
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self._trained_parameters()
+        self.engine.sum_([p.grad for p in params if p.grad is not None])
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
         self.optimizer.step()
         return {**weighted, "loss": loss_sum, "grad_norm": float(norm)}
@@ -392,25 +416,21 @@ class Agent:
         its gymnasium reward wrappers (``textenv.batched``); evaluation metrics use the task's reward.
         ``callback(agent, record)`` returning False stops early. With ``checkpoint_every`` a
         checkpoint is written to ``checkpoint_dir/step-N``; ``resume_from`` continues from one.
+        On several processes every rank runs ``learn`` (and loads ``resume_from``) and holds the same
+        history; rank 0 alone evaluates, writes logs and checkpoints and shows progress.
         """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps < 1:
             raise ValueError(f"{self.name}: learn(total_steps={total_steps!r}) needs a whole number >= 1")
+        self._check_sharding()
         task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+        self.engine.broadcast_([p.data for p in self._trained_parameters()])  # every rank starts from rank 0's
         self.scheduler = self._lr_schedule(total_steps)
         if checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
-        writer = jsonl = None
-        if log_dir is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            Path(log_dir).mkdir(parents=True, exist_ok=True)
-            writer = SummaryWriter(str(log_dir))
-            jsonl = open(Path(log_dir) / "history.jsonl", "a")  # noqa: SIM115
-        bar = tqdm(total=total_steps, initial=self.step, desc=self.name, disable=not progress,
-                   dynamic_ncols=True, leave=False)
-        try:
+        with Recorder(self.name, total_steps, self.step, log_dir if self.engine.is_main else None,
+                      progress=progress and self.engine.is_main) as recorder:
             while self.step < total_steps:
                 rng = np.random.default_rng([self.config.seed, self.step])
                 start = time.perf_counter()
@@ -424,31 +444,35 @@ class Agent:
                     record["tokens/per_s"] = stats["tokens/trained"] / max(elapsed, 1e-9)
                 if eval_env is not None and eval_every and (
                         self.step % eval_every == 0 or self.step == total_steps):
-                    evaluation = self.evaluate(eval_env, **(eval_kwargs or {}))
+                    # Rank 0 evaluates (exactly the one-process numbers); every rank gets them.
+                    evaluation = self.engine.from_main(lambda: self.evaluate(eval_env, **(eval_kwargs or {})))
                     record.update({f"eval/{k}": v for k, v in evaluation.items()})
                 self.history.append(record)
-                if writer is not None:
-                    for key, value in record.items():
-                        if key != "step":
-                            writer.add_scalar(key, value, self.step)
-                    jsonl.write(json.dumps(record) + "\n")
-                    jsonl.flush()
-                bar.update(1)
-                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward/mean") if k in record})
+                recorder.write(record)
                 if checkpoint_every and self.step % checkpoint_every == 0:
                     self.save_checkpoint(Path(checkpoint_dir) / f"step-{self.step}")
-                if callback is not None and callback(self, record) is False:
+                if callback is not None and self.engine.any(callback(self, record) is False):
                     break
-        finally:
-            bar.close()
-            if writer is not None:
-                writer.close()
-                jsonl.close()
         return self.history
+
+    def _check_sharding(self) -> None:
+        """On several processes each rank takes an equal share of a step's prompts, with a group per minibatch."""
+        cfg, world, name = self.config, self.engine.world_size, type(self.config).__name__
+        if cfg.batch_size % world:
+            raise ConfigError(f"{name}.batch_size ({cfg.batch_size}) must be a multiple of the number of "
+                              f"processes ({world}): each process takes an equal share of a step's prompts")
+        if cfg.num_minibatches > cfg.batch_size // world:
+            raise ConfigError(f"{name}.num_minibatches ({cfg.num_minibatches}) must be <= batch_size / processes "
+                              f"({cfg.batch_size // world}): each minibatch needs a prompt group on every process")
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Policy (safetensors), extra modules (safetensors) and the config (JSON)."""
+        """Policy (safetensors), extra modules (safetensors) and the config (JSON); on rank 0 only."""
+        if not self.engine.is_main:  # every rank holds the same weights
+            return
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.policy.save(directory / "policy")
@@ -481,7 +505,9 @@ class Agent:
                 load_model(module, str(path), device=str(self.policy.device))
 
     def save_checkpoint(self, directory: str | Path) -> None:
-        """Everything ``learn`` needs to resume; written to a temp dir, then renamed into place."""
+        """Everything ``learn`` needs to resume; written to a temp dir, then renamed into place (rank 0 only)."""
+        if not self.engine.is_main:
+            return
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -508,6 +534,46 @@ class Agent:
             self.history = json.loads(path.read_text())
         self.step = meta["step"]
         self.load_state(meta.get("state", {}))
+
+
+def _summed_stat(key: str) -> bool:
+    """Logged statistics that add up over ranks: counts, and the loss (each rank's part of the step's)."""
+    return key == "loss" or key.startswith("tokens/")
+
+
+class Recorder:
+    """Where ``learn`` writes each step's record: a progress bar, TensorBoard and ``history.jsonl`` in
+    ``log_dir``. ``learn`` gives ranks other than 0 no ``log_dir`` and no bar, so they write nothing."""
+
+    def __init__(self, name: str, total_steps: int, initial: int, log_dir: str | Path | None, progress: bool):
+        self.writer = self.jsonl = None
+        if log_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            self.writer = SummaryWriter(str(log_dir))
+            self.jsonl = open(Path(log_dir) / "history.jsonl", "a")  # noqa: SIM115
+        self.bar = tqdm(total=total_steps, initial=initial, desc=name, disable=not progress,
+                        dynamic_ncols=True, leave=False)
+
+    def write(self, record: dict[str, float]) -> None:
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.writer.add_scalar(key, value, record["step"])
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward/mean") if k in record})
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.jsonl.close()
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

@@ -359,12 +359,15 @@ class Policy:
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], *, num_samples: int = 1, temperature: float = 0.7,
                  top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, max_new_tokens: int = 32,
-                 greedy: bool = False, seed: int | None = None, batch_size: int | None = None) -> Samples:
+                 greedy: bool = False, seed: int | Sequence[int] | None = None, batch_size: int | None = None,
+                 ) -> Samples:
         """Sample ``num_samples`` completions per prompt; samples of one prompt are consecutive.
 
         Only the settings given here shape the distribution (``top_k=0``: no top-k filter), whatever
         sampling defaults the model's generation config carries, so algorithms score exactly the
-        distribution they sampled from; the model's EOS ids are honoured.
+        distribution they sampled from; the model's EOS ids are honoured. ``batch_size`` prompts go
+        through each ``generate`` call; ``seed`` seeds the first call, or, as a list, each call (so a
+        chunk's samples do not depend on the chunks before it).
         """
         prompts = list(prompts)
         if not prompts:
@@ -392,12 +395,16 @@ class Policy:
             # A sampled pad token would be indistinguishable from padding (unless pad is an EOS).
             suppress_tokens=None if pad in self.eos_token_ids else [pad])
         chunk = batch_size or len(prompts)
+        starts = range(0, len(prompts), chunk)
+        seeds = list(seed) if isinstance(seed, Sequence) else [seed] + [None] * (len(starts) - 1)
+        if len(seeds) != len(starts):
+            raise ValueError(f"generate() got {len(seeds)} seeds for {len(starts)} chunks of prompts")
         devices = [self.device] if self.device.type == "cuda" else []
         outputs = []
         with torch.random.fork_rng(devices=devices, enabled=seed is not None), self._eval_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
-            for start in range(0, len(prompts), chunk):
+            for start, chunk_seed in zip(starts, seeds, strict=True):
+                if chunk_seed is not None:
+                    torch.manual_seed(chunk_seed)
                 ids, mask = self.encode_prompts(prompts[start:start + chunk], room=max_new_tokens)
                 seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
                 outputs.append((ids, mask, seqs[:, ids.shape[1]:]))

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from algos import distributed
 from algos.policy import Policy, Samples
 from textenv import Example, TextGenEnv
 
@@ -36,6 +37,7 @@ class SamplingSettings(Protocol):
     top_k: int
     repetition_penalty: float
     max_new_tokens: int
+    generation_chunk: int | None
 
 
 def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: SamplingSettings,
@@ -43,13 +45,18 @@ def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: Sa
     """Sample ``config.group_size`` completions per example and score them all with one reward call.
 
     The sampling seed is drawn from ``rng``, so a step's rollout is a function of the step's generator.
-    ``answer_rewards`` also scores each example's reference answer (GRAO's R(y)).
+    Prompts are generated ``config.generation_chunk`` at a time (all at once when None), each chunk
+    seeded by its offset in the step's batch: a prompt's samples are then the same whichever process
+    generates it, whenever the chunks fall alike. ``answer_rewards`` also scores each example's
+    reference answer (GRAO's R(y)).
     """
-    group_size = config.group_size
+    group_size, chunk = config.group_size, config.generation_chunk or len(examples)
+    seed, offset = int(rng.integers(2**31)), distributed.batch_offset(len(examples))
     samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
                               temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                               repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,
-                              seed=int(rng.integers(2**31)))
+                              batch_size=chunk,
+                              seed=[chunk_seed(seed, offset + start) for start in range(0, len(examples), chunk)])
     repeated = [ex for ex in examples for _ in range(group_size)]
     total, components = env.score(repeated, samples.texts)
     rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)
@@ -57,6 +64,11 @@ def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: Sa
     if answer_rewards:
         answers = torch.as_tensor(env.reference_rewards(examples), dtype=torch.float32, device=policy.device)
     return Rollout(examples, samples, rewards, answers, rollout_stats(rewards, samples, components))
+
+
+def chunk_seed(step_seed: int, offset: int) -> int:
+    """The sampling seed of the chunk of prompts that starts at ``offset`` in a step's batch."""
+    return step_seed if offset == 0 else int(np.random.default_rng([step_seed, offset]).integers(2**31))
 
 
 def rollout_stats(rewards: torch.Tensor, samples: Samples,

@@ -1,0 +1,109 @@
+"""Train one algorithm on one environment from the command line, on one process or several.
+
+    python -m algos.train grao --env textenv/Arithmetic-v0 --steps 100 --out runs/grao --set group_size=8
+    torchrun --nproc_per_node 2 -m algos.train grao --env textenv/Arithmetic-v0 --steps 100 --out runs/grao
+    accelerate launch --multi_gpu --num_processes 2 -m algos.train grao ...
+
+On several processes the run is data-parallel (``algos.distributed``): the same global batch of
+``batch_size`` prompts per step, shared out by rank. Rank 0 alone writes ``OUT/final`` (the
+``Agent.save`` format: ``algos.Agent.load(OUT / "final")``), ``OUT/history.jsonl``, the TensorBoard
+logs in ``OUT`` and, with ``--checkpoint-every``, ``OUT/checkpoints/step-N`` (``--resume`` one of them).
+``--set key=value`` values are JSON or TOML literals (``1e-4``, ``true``, ``null``, ``"text"``) or else
+the bare text; they are parsed, never evaluated, and an unknown key is an error listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import textenv
+from algos import distributed
+from algos.agent import AlgorithmNotFound, ConfigError, list_algorithms, make
+from algos.policy import Policy
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value: a JSON literal, else a TOML one (``'text'``, ``1_000``), else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "loss_type=dapo"]`` -> ``{"lr": 0.0001, "loss_type": "dapo"}``; each key once."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        if key in settings:
+            raise ConfigError(f"--set {key}: given twice")
+        settings[key] = parse_value(text.strip())
+    return settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m algos.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("algo", help=f"algorithm: {', '.join(list_algorithms())}")
+    parser.add_argument("--env", required=True, help="environment id, e.g. textenv/Arithmetic-v0")
+    parser.add_argument("--steps", type=int, required=True, help="training steps (optimiser steps per batch: "
+                                                                  "see num_iterations, num_minibatches)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (the project's tiny model for the env's task, pretrained and cached on first "
+                             "use) or a Hugging Face model name or path")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an algorithm config value (repeatable), e.g. --set lr=1e-5 --set group_size=8")
+    parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps and at the end (0: never)")
+    parser.add_argument("--eval-prompts", type=int, default=64, help="prompts of the eval split per evaluation")
+    parser.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: never)")
+    parser.add_argument("--resume", type=Path, help="a checkpoint directory to continue from")
+    parser.add_argument("--device", help="torch device (default: this process's GPU, else the CPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def load_policy(model: str, env: Any, engine: distributed.Engine, device: str | Any) -> Policy:
+    if model != "tiny":
+        return Policy.from_pretrained(model, device=device)
+    with engine.main_first():  # rank 0 pretrains (or finds the cache); the others then read it
+        return Policy.tiny(textenv.batched(env).task, device=device, progress=engine.is_main)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    engine = distributed.current()
+    try:
+        env = textenv.make(args.env)
+        settings = parse_settings(args.set)
+        agent = make(args.algo, load_policy(args.model, env, engine, args.device or distributed.device()),
+                     **settings)
+        history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
+                              eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
+                              log_dir=args.out, checkpoint_every=args.checkpoint_every,
+                              checkpoint_dir=args.out / "checkpoints", resume_from=args.resume,
+                              progress=not args.quiet)
+    except (ConfigError, AlgorithmNotFound, textenv.EnvNotFound) as err:
+        parser.error(str(err))
+    agent.save(args.out / "final")
+    if engine.is_main:
+        last = history[-1] if history else {}
+        shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward/mean", "eval/reward") if k in last)
+        print(f"{args.algo}: step {agent.step} on {engine.world_size} process(es); {shown}; "
+              f"saved {args.out / 'final'}")
+    distributed.close()
+
+
+if __name__ == "__main__":
+    main()
