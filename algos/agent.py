@@ -386,10 +386,18 @@ class Agent:
         ``base_completions`` (the base model's, on the same prompts) add NAG; ``generation`` overrides
         the sampling settings (e.g. ``greedy=True``).
         """
+        return self._evaluate(env, split, num_prompts, seed, base_completions, **generation)[0]
+
+    def _evaluate(self, env: Any, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
+                  base_completions: Sequence[str] | None = None, **generation: Any) -> tuple[dict[str, float], str]:
+        """``evaluate``'s metrics and a Markdown table of the first few prompts and completions."""
         task_env = textenv.batched(env)
         examples = task_env.task.split(split)[:num_prompts]
         completions = self.act([ex.prompt for ex in examples], seed=seed, **generation)
-        return textenv.evaluate_completions(task_env, examples, completions, base_completions)
+        metrics = textenv.evaluate_completions(task_env, examples, completions, base_completions)
+        rows = [f"| {_cell(ex.prompt)} | {_cell(ex.reference)} | {_cell(c)} |"
+                for ex, c in zip(examples[:SHOWN_COMPLETIONS], completions, strict=False)]
+        return metrics, "\n".join(["| prompt | reference | completion |", "|---|---|---|", *rows])
 
     @torch.no_grad()
     def reference_nll(self, env: Any, *, split: str = "eval", num_prompts: int | None = None,
@@ -445,8 +453,10 @@ class Agent:
                 if eval_env is not None and eval_every and (
                         self.step % eval_every == 0 or self.step == total_steps):
                     # Rank 0 evaluates (exactly the one-process numbers); every rank gets them.
-                    evaluation = self.engine.from_main(lambda: self.evaluate(eval_env, **(eval_kwargs or {})))
+                    evaluation, shown = self.engine.from_main(
+                        lambda: self._evaluate(eval_env, **(eval_kwargs or {})))
                     record.update({f"eval/{k}": v for k, v in evaluation.items()})
+                    recorder.text("eval/completions", shown, self.step)
                 self.history.append(record)
                 recorder.write(record)
                 if checkpoint_every and self.step % checkpoint_every == 0:
@@ -566,6 +576,11 @@ class Recorder:
         self.bar.update(1)
         self.bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "reward/mean") if k in record})
 
+    def text(self, tag: str, markdown: str, step: int) -> None:
+        """Text (e.g. sampled completions) that TensorBoard's Text tab shows beside the curves."""
+        if self.writer is not None:
+            self.writer.add_text(tag, markdown, step)
+
     def __enter__(self) -> Recorder:
         return self
 
@@ -574,6 +589,15 @@ class Recorder:
         if self.writer is not None:
             self.writer.close()
             self.jsonl.close()
+
+
+SHOWN_COMPLETIONS = 4  # eval completions logged as TensorBoard text at each evaluation
+
+
+def _cell(x: Any) -> str:
+    """One Markdown table cell: text (or messages, rendered) with pipes and newlines escaped."""
+    text = x if isinstance(x, str) else textenv.render_messages(x) if isinstance(x, list) else str(x)
+    return text.replace("|", "\\|").replace("\n", "<br>")
 
 
 def _read_meta(directory: Path) -> dict[str, Any]:

@@ -135,3 +135,19 @@ def test_constructor_overrides_are_validated_too():
         algos.GRAO(random_policy(), algos.GRAOConfig(), beta="high")
     with pytest.raises(ConfigError, match="GRAO needs a GRAOConfig, got SFTConfig"):
         algos.GRAO(random_policy(), algos.SFTConfig())
+
+
+def test_learn_logs_sampled_eval_completions_as_tensorboard_text(tmp_path, env):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    agent = algos.make("sft", random_policy(), batch_size=2, max_new_tokens=3)
+    agent.learn(env, 2, eval_env=env, eval_every=1, eval_kwargs={"num_prompts": 6}, log_dir=tmp_path,
+                progress=False)
+    events = EventAccumulator(str(tmp_path), size_guidance={"tensors": 0})
+    events.Reload()
+    texts = events.Tensors("eval/completions/text_summary")
+    assert [t.step for t in texts] == [1, 2]
+    table = texts[-1].tensor_proto.string_val[0].decode()
+    examples = env.unwrapped.task.split("eval")[:4]
+    assert table.startswith("| prompt | reference | completion |")
+    assert table.count("\n") == 1 + len(examples) and examples[3].prompt in table

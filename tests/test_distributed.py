@@ -103,7 +103,8 @@ def test_each_rank_keeps_its_contiguous_share_of_what_every_rank_draws():
 def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
     policy, env = algos.Policy.from_pretrained(model_dir), textenv.batched(varied_env())
     examples = env.sample(4, np.random.default_rng(0))
-    settings = SimpleNamespace(group_size=2, temperature=1.0, top_p=1.0, max_new_tokens=6, generation_chunk=2)
+    settings = SimpleNamespace(group_size=2, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
+                               max_new_tokens=6, generation_chunk=2)
     one = algos.collect(policy, env, examples, settings, np.random.default_rng(5))
     with distributed.Engine(1, 2).making_batch():  # rank 1 of 2 holds the last two prompts
         rank1 = algos.collect(policy, env, examples[2:], settings, np.random.default_rng(5))
@@ -146,7 +147,9 @@ def test_two_processes_train_every_algorithm_as_one_process_does(model_dir, tmp_
         one = train_case(case, model_dir)
         for key, value in trained(one).items():
             assert torch.equal(ranks[0][key], ranks[1][key]), f"{case}: ranks differ in parameter {key}"
-            assert torch.allclose(ranks[0][key], value, rtol=0, atol=2e-6), \
+            # Float summation order differs across ranks; Adam turns a gradient's noise into up to ~lr * noise/|g|
+            # on parameters whose gradient is near 0, so the weights agree to a small fraction of one step (lr 1e-4).
+            assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), \
                 f"{case}: parameter {key} differs from one process by {(ranks[0][key] - value).abs().max()}"
         for got, want in zip(histories[0], one.history, strict=True):
             assert got.keys() == want.keys()
