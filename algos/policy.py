@@ -76,6 +76,14 @@ def lora_config(lora: dict[str, Any] | Any) -> Any:
     return peft.LoraConfig(task_type="CAUSAL_LM", **options)
 
 
+def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits)`` at ``ids`` (``[M, T, V]`` -> ``[M, T]``) as the selected logit minus a logsumexp
+    taken one row at a time (TRL's way): no full-vocabulary log-softmax copy of the batch is made or kept
+    for the backward pass, which is what large vocabularies cost."""
+    selected = torch.gather(logits, -1, ids.unsqueeze(-1)).squeeze(-1)
+    return selected - torch.stack([torch.logsumexp(row, dim=-1) for row in logits])
+
+
 class CheckpointError(ValueError):
     """A saved policy, agent or checkpoint cannot be read; the message names the file."""
 
@@ -471,6 +479,7 @@ class Policy:
             parts = [self._forward(batch[i:i + self.max_rows], temperature, hidden)
                      for i in range(0, len(batch), self.max_rows)]
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if hidden else None
+        P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
         attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -478,12 +487,13 @@ class Policy:
         precision = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
                                    enabled=self.autocast is not None)
         with adapter_off, precision:
+            # Logits only at the T positions that predict completion tokens (not over the prompt).
             out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                             output_hidden_states=hidden, use_cache=False)
-        P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
-        logits = out.logits[:, P - 1:P - 1 + T].float() / temperature
-        token_logps = torch.gather(logits.log_softmax(-1), 2, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-        token_logps = token_logps * batch.completion_mask
+                             output_hidden_states=hidden, use_cache=False, logits_to_keep=T + 1)
+        logits = out.logits[:, :T].float()
+        if temperature != 1.0:
+            logits = logits.div_(temperature)  # in place: no second [M, T, vocab] tensor
+        token_logps = selective_log_softmax(logits, batch.completion_ids) * batch.completion_mask
         return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T] if hidden else None
 
     def text_logprobs(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], max_tokens: int | None = None,

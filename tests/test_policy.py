@@ -117,3 +117,16 @@ def test_scoring_without_gradients_runs_in_chunks_with_the_same_numbers():
         chunked, hidden = policy.logprobs_and_hidden(batch, temperature=0.7)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
     assert hidden.shape == (*batch.completion_ids.shape, policy.model.config.hidden_size)
+
+
+def test_selective_log_softmax_equals_log_softmax_at_the_ids():
+    from algos.policy import selective_log_softmax
+
+    logits = torch.randn(3, 5, 1000, dtype=torch.float64, requires_grad=True)
+    ids = torch.randint(0, 1000, (3, 5))
+    got = selective_log_softmax(logits, ids)
+    want = logits.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    (grad_got,) = torch.autograd.grad(got.sum(), logits)
+    (grad_want,) = torch.autograd.grad(want.sum(), logits)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-12, atol=1e-12)
