@@ -116,7 +116,10 @@ def read_result(path: Path, key: str) -> dict[str, Any] | None:
 
 def cell_key(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int) -> str:
     """A hash of everything that determines a cell's result."""
-    payload = {"schema": SCHEMA, "base": [config.base_model, config.base_options], "task": [task.id, task.kwargs],
+    base = [config.base_model, config.base_options]
+    if config.base_model != "tiny":  # a local checkpoint retrained in place makes its cells stale
+        base.append(checkpoint_identity(config.base_model))
+    payload = {"schema": SCHEMA, "base": base, "task": [task.id, task.kwargs],
                "budget": asdict(task.budget), "eval": asdict(config.eval), "algorithm": algo.algorithm,
                "hyperparameters": algo.hyperparameters, "sft_steps": algo.sft_steps, "seed": seed}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

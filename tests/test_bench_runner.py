@@ -210,3 +210,14 @@ def test_write_hparams_records_settings_and_final_metrics(tmp_path):
     assert hparams["betas"].string_value == "[0.9, 0.99]" and hparams["entry"].string_value == "grao_b"
     assert "unset" not in hparams
     assert sorted(events.Tags()["scalars"]) == ["hparam/+/ras", "hparam/reward"]  # prompt counts left out
+
+
+def test_a_local_base_checkpoint_changed_in_place_makes_its_cells_stale(tmp_path):
+    base = tmp_path / "base"
+    random_policy().save(base)
+    cfg = bench_config.load(write_config(tmp_path, base, seeds="[0]"))
+    task, algo = cfg.tasks[0], cfg.algorithms[0]
+    before = runner.cell_key(cfg, task, algo, 0)
+    assert runner.cell_key(cfg, task, algo, 0) == before  # a pure function of config and files
+    random_policy(seed=1).save(base)  # retrained at the same path
+    assert runner.cell_key(cfg, task, algo, 0) != before
