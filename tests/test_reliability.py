@@ -250,8 +250,11 @@ def test_redone_cell_starts_fresh_logs(tmp_path, base_path):
     runner.run(_config(base_path), out, progress=False, log=lambda s: None)
     history = [json.loads(line) for line in (logs / "history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [1, 2]
-    assert len(list(logs.glob("events.out.tfevents.*"))) == 1
     assert not (logs / "events.out.tfevents.0.killed").exists()
+    fresh = tmp_path / "fresh"
+    runner.run(_config(base_path), fresh, progress=False, log=lambda s: None)
+    fresh_logs = fresh / "tensorboard" / "textenv__Arithmetic-v0" / "sft" / "seed0"
+    assert len(list(logs.glob("events.out.tfevents.*"))) == len(list(fresh_logs.glob("events.out.tfevents.*")))
 
 
 @pytest.mark.parametrize("name", ["../../../../escaped", "{tmp}/abs-escape"])
