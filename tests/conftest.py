@@ -27,3 +27,24 @@ def random_policy(arch: str = "llama", seed: int = 0) -> Policy:
 @pytest.fixture(params=["llama", "gpt2"])
 def policy(request) -> Policy:
     return random_policy(request.param)
+
+
+def bench_toml(base_path, *, title: str = "test", seeds: str = "[0]", max_new_tokens: int = 4, prompts: int = 4,
+               every: int = 2, task: str = "", body: str = "") -> str:
+    """A tiny benchmark config: one Arithmetic task, two steps of two prompts x G = 2 from ``base_path``.
+    ``task`` adds lines to the task's table (kwargs), ``body`` the algorithms and any other table."""
+    return f"""title = "{title}"
+seeds = {seeds}
+[base]
+model = "{base_path}"
+[budget]
+steps = 2
+prompts_per_step = 2
+group_size = 2
+max_new_tokens = {max_new_tokens}
+[eval]
+prompts = {prompts}
+every = {every}
+[tasks."textenv/Arithmetic-v0"]
+{task}
+{body}"""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from conftest import random_policy
+from conftest import bench_toml, random_policy
 
 from benchmarks import config as bench_config
 from benchmarks import executors, runner
@@ -19,24 +19,8 @@ from benchmarks.__main__ import main as cli
 def tiny_config(tmp_path, base_path, resources: str = "", top: str = "") -> str:
     """One task, two algorithms, one seed, two steps: every executor test runs this grid."""
     path = tmp_path / "grid.toml"
-    path.write_text(f"""{top}
-title = "executor test"
-seeds = [0]
-[base]
-model = "{base_path}"
-[budget]
-steps = 2
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 4
-[eval]
-prompts = 4
-every = 2
-[tasks."textenv/Arithmetic-v0"]
-[algorithms.sft]
-[algorithms.grao]
-lr = 1e-3
-{resources}""")
+    path.write_text(top + "\n" + bench_toml(base_path, title="executor test",
+                                             body=f"[algorithms.sft]\n[algorithms.grao]\nlr = 1e-3\n{resources}"))
     return str(path)
 
 

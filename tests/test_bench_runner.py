@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import random_policy
+from conftest import bench_toml, random_policy
 
 from benchmarks import config as bench_config
 from benchmarks import runner
@@ -23,21 +23,8 @@ imitation = false
 def write_config(tmp_path, base_path, grao_lr: float = 1e-3, seeds: str = "[0, 1]", every: int = 1,
                  algorithms: str = ALGORITHMS, name: str = "tiny.toml") -> str:
     path = tmp_path / name
-    path.write_text(f"""
-title = "runner test"
-seeds = {seeds}
-[base]
-model = "{base_path}"
-[budget]
-steps = 2
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 4
-[eval]
-prompts = 4
-every = {every}
-[tasks."textenv/Arithmetic-v0"]
-{algorithms.format(grao_lr=grao_lr)}""")
+    path.write_text(bench_toml(base_path, title="runner test", seeds=seeds, every=every,
+                               body=algorithms.format(grao_lr=grao_lr)))
     return str(path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import random_policy
+from conftest import bench_toml, random_policy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -167,20 +167,7 @@ def test_reward_tensor_that_requires_grad_is_detached():
 def _config(base_path, kwargs: str = "", prompts: int = 4, algorithms: str = SFT) -> bench_config.BenchConfig:
     import tomllib
 
-    text = f"""seeds = [0]
-[base]
-model = "{base_path}"
-[budget]
-steps = 2
-prompts_per_step = 2
-group_size = 2
-max_new_tokens = 3
-[eval]
-prompts = {prompts}
-every = 0
-[tasks."textenv/Arithmetic-v0"]
-{kwargs}
-{algorithms}"""
+    text = bench_toml(base_path, max_new_tokens=3, prompts=prompts, every=0, task=kwargs, body=algorithms)
     return bench_config.parse(tomllib.loads(text), where="test.toml")
 
 
