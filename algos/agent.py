@@ -294,7 +294,8 @@ class Agent:
 
     # --- what an algorithm writes -------------------------------------------------------------
     def setup(self) -> None:
-        """Create what the algorithm needs besides the policy (reference copy, value head)."""
+        """Create what the algorithm needs besides the policy (e.g. a value head; the reference policy is
+        ``self.policy.reference()``)."""
 
     def modules(self) -> dict[str, torch.nn.Module]:
         """Extra trainable modules (saved and optimised with the policy), e.g. a value head."""
