@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import gymnasium
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
@@ -38,7 +39,10 @@ from transformers import get_scheduler
 
 import textenv
 from algos import distributed
-from algos.policy import EncodedBatch, Policy, reading
+from algos.policy import EncodedBatch, Policy, Prompt, reading
+
+# What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
+AnyEnv = gymnasium.Env | gymnasium.vector.VectorEnv
 
 
 class ConfigError(ValueError):
@@ -373,14 +377,14 @@ class Agent:
         return scheduler
 
     # --- shared machinery ---------------------------------------------------------------------
-    def act(self, prompts: Sequence[str], **generation: Any) -> list[str]:
+    def act(self, prompts: Sequence[Prompt], **generation: Any) -> list[str]:
         """Completions for ``prompts``; keyword arguments override the config's sampling settings."""
         cfg = self.config
         settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                     "repetition_penalty": cfg.repetition_penalty, "max_new_tokens": cfg.max_new_tokens, **generation}
         return self.policy.generate(list(prompts), **settings).texts
 
-    def evaluate(self, env: Any, *, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
+    def evaluate(self, env: AnyEnv, *, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
                  base_completions: Sequence[str] | None = None, **generation: Any) -> dict[str, float]:
         """Score one completion per prompt of ``split`` (the first ``num_prompts``), same seed every call.
 
@@ -389,7 +393,7 @@ class Agent:
         """
         return self._evaluate(env, split, num_prompts, seed, base_completions, **generation)[0]
 
-    def _evaluate(self, env: Any, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
+    def _evaluate(self, env: AnyEnv, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
                   base_completions: Sequence[str] | None = None, **generation: Any) -> tuple[dict[str, float], str]:
         """``evaluate``'s metrics and a Markdown table of the first few prompts and completions."""
         task_env = textenv.batched(env)
@@ -401,7 +405,7 @@ class Agent:
         return metrics, "\n".join(["| prompt | reference | completion |", "|---|---|---|", *rows])
 
     @torch.no_grad()
-    def reference_nll(self, env: Any, *, split: str = "eval", num_prompts: int | None = None,
+    def reference_nll(self, env: AnyEnv, *, split: str = "eval", num_prompts: int | None = None,
                       batch_size: int = 32) -> float:
         """Mean per-token negative log-likelihood of the reference answers of ``split``."""
         examples = textenv.batched(env).task.with_references(split)[:num_prompts]
@@ -413,7 +417,7 @@ class Agent:
             tokens += mask.sum().item()
         return total / tokens
 
-    def learn(self, env: Any, total_steps: int, *, eval_env: Any = None, eval_every: int = 0,
+    def learn(self, env: AnyEnv, total_steps: int, *, eval_env: AnyEnv | None = None, eval_every: int = 0,
               eval_kwargs: dict[str, Any] | None = None, log_dir: str | Path | None = None,
               callback: Callable[[Agent, dict[str, float]], bool | None] | None = None,
               checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
