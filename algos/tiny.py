@@ -4,16 +4,26 @@ Everything runs offline on CPU: the tokenizer is the byte-level one from ``rewar
 architecture is a small ``transformers`` Llama (or GPT-2) config trained from scratch with a plain
 PyTorch loop. The result is cached on disk under a key that hashes the recipe, the corpus and this
 code's version, so a benchmark that builds the same base model for five algorithms trains it once.
+
+Floats differ between machines, so the same recipe pretrained on two CPUs gives two slightly
+different models, and RL from them diverges further. The base models of the built-in tasks (the
+recipes and task variants in :data:`SHIPPED`) are therefore shipped with the package under
+``algos/tiny_models/<task>-<key>/`` (a few hundred KB each, safetensors), and ``pretrain_tiny``
+returns the shipped copy when its key matches: every machine starts from identical weights, and
+only what happens after the base model can differ. ``python -m algos.tiny`` rebuilds them after a
+change to a recipe, a corpus or this code; a test fails while a shipped copy is missing or stale.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -96,6 +106,17 @@ _RECIPES: dict[str, TinyRecipe] = {
 def default_recipe(task_name: str) -> TinyRecipe:
     """The tuned recipe of a built-in task ("Arithmetic-v0" or "textenv/Arithmetic-v0"), else a generic one."""
     return _RECIPES.get(task_name.removeprefix("textenv/"), TinyRecipe())
+
+
+# The task variants whose default-recipe base models ship with the package: the tests' and the built-in
+# benchmark configs' (quick.toml evaluates Arithmetic-v0 on 400 prompts, which changes its corpus).
+SHIPPED: list[tuple[str, dict]] = [
+    ("textenv/Arithmetic-v0", {}),
+    ("textenv/Arithmetic-v0", {"n_eval": 400}),
+    ("textenv/Dialogue-v0", {}),
+    ("textenv/Sentiment-v0", {}),
+]
+SHIPPED_DIR = Path(__file__).parent / "tiny_models"
 
 
 def cache_root() -> Path:
@@ -203,19 +224,39 @@ def _say(msg: str, progress: bool) -> None:
         print(msg, file=sys.stderr)
 
 
+def weights_sha256(path: str | Path) -> str:
+    """SHA-256 of a checkpoint's ``model.safetensors``: what a report prints so two runs' bases can be told apart."""
+    h = hashlib.sha256()
+    with open(Path(path) / "model.safetensors", "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_dir_name(task: Task, recipe: TinyRecipe) -> str:
+    """``<task>-<key>``: the folder a tiny model of this task and recipe lives in, shipped or cached."""
+    name = task.name.removeprefix("textenv/").replace("/", "_")
+    return f"{name}-{cache_key(recipe, documents(task, recipe))}"
+
+
 def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str | Path | None = None,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, shipped: bool = True) -> Path:
     """Return the directory of a tiny model pretrained on ``task``'s corpus, training it only if not cached.
 
-    The directory holds ``save_pretrained`` output (safetensors), the byte tokenizer and
-    ``tiny_recipe.json``; load it with ``AutoModelForCausalLM.from_pretrained(path)``. It is written
+    With ``shipped`` (the default) a copy shipped with the package for the same key is returned first,
+    so every machine starts from the same weights; ``shipped=False`` trains (or reuses the cache) as if
+    none were shipped. The directory holds ``save_pretrained`` output (safetensors), the byte tokenizer
+    and ``tiny_recipe.json``; load it with ``AutoModelForCausalLM.from_pretrained(path)``. It is written
     to a temporary directory and renamed into place, so an interrupted run never leaves half a model.
     """
     recipe = recipe or default_recipe(task.name)
+    folder = model_dir_name(task, recipe)
+    if shipped and (SHIPPED_DIR / folder / "tiny_recipe.json").exists():
+        _say(f"tiny base model for {task.name}: the shipped {folder}", progress)
+        return SHIPPED_DIR / folder
     docs = documents(task, recipe)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
-    name = task.name.removeprefix("textenv/").replace("/", "_")
-    path = root / "tiny" / f"{name}-{cache_key(recipe, docs)}"
+    path = root / "tiny" / folder
     if (path / "tiny_recipe.json").exists():
         _say(f"tiny base model for {task.name}: reusing cached {path}", progress)
         return path
@@ -224,7 +265,44 @@ def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str |
     seconds = time.perf_counter() - start
     info = {"task": task.name, "recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION,
             "documents": len(docs), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
-            "train_seconds": round(seconds, 1)}
+            "train_seconds": round(seconds, 1), "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
     save_atomically(path, "tiny_recipe.json", info, [model, byte_tokenizer()], quiet=not progress)
     _say(f"tiny base model for {task.name}: trained in {seconds:.0f}s, saved to {path}", progress)
     return path
+
+
+def ship(tasks: list[tuple[str, dict]] = SHIPPED, target: Path = SHIPPED_DIR, progress: bool = True) -> list[Path]:
+    """Pretrain the default-recipe base model of each task variant and write it where the package ships it.
+
+    Old shipped folders of those tasks are removed, so the package holds exactly the current keys. Run it
+    (``python -m algos.tiny``) after changing a recipe, a built-in corpus or :data:`CODE_VERSION`, and
+    commit the result: every user then starts RL from these weights.
+    """
+    import textenv
+
+    written = []
+    for env_id, kwargs in tasks:
+        task = textenv.make(env_id, **kwargs).unwrapped.task
+        recipe = default_recipe(task.name)
+        folder = target / model_dir_name(task, recipe)
+        if not (folder / "tiny_recipe.json").exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                built = pretrain_tiny(task, recipe, cache_dir=tmp, progress=progress, shipped=False)
+                info = json.loads((built / "tiny_recipe.json").read_text())
+                info["sha256"] = weights_sha256(built)
+                (built / "tiny_recipe.json").write_text(json.dumps(info, indent=2))
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copytree(built, folder)
+        written.append(folder)
+    keep = {p.name for p in written}
+    for old in target.iterdir() if target.exists() else []:
+        if old.is_dir() and old.name not in keep:
+            shutil.rmtree(old)
+    return written
+
+
+if __name__ == "__main__":
+    argparse.ArgumentParser(prog="python -m algos.tiny", description=ship.__doc__.splitlines()[0]).parse_args()
+    for path in ship():
+        print(path)

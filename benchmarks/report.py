@@ -52,6 +52,7 @@ REL_METRICS = ("reward", "ras", "nag")  # leaf names; "tie" has no better direct
 # base_model, budget.*, eval.*, hyperparameters.*), then bare names searched breadth-first.
 SETUP_KEYS: dict[str, tuple[str, ...]] = {
     "base model": ("base_model", "base.model", "model", "model_name"),
+    "base checkpoint (SHA-256 of its weights)": ("base_sha256",),
     "optimizer steps": ("budget.steps", "steps", "total_steps", "max_steps"),
     "prompts per step": ("budget.prompts_per_step", "prompts_per_step", "hyperparameters.batch_size",
                          "batch_size"),
@@ -331,6 +332,33 @@ def _paired_section(paired: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+FINDINGS_TITLE = "## Findings"
+
+
+def findings_section(paired: Mapping[str, Any]) -> list[str]:
+    """The run's claims, written from the paired table alone: every comparison whose 95% interval
+    excludes 0 (✓), as "A > B", and nothing else. Prose copied from here (the README's results are)
+    cannot claim more than the statistics support or drift from the numbers."""
+    lines = [FINDINGS_TITLE, "",
+             "Every difference the paired test finds (95% interval excludes 0, ✓); all other pairs are not "
+             "separable by this run. Another machine prints other digits, and should find the same ✓ pattern "
+             "up to comparisons near the edge of their interval.", ""]
+    for task, by_metric in paired.items():
+        for metric, comparisons in by_metric.items():
+            claims = []
+            for c in comparisons:
+                if not c["significant"]:
+                    continue
+                sign = 1 if c["diff"] > 0 else -1  # written as higher − lower
+                high, low = (c["a"], c["b"]) if sign > 0 else (c["b"], c["a"])
+                lo, hi = sorted((sign * c["lo"], sign * c["hi"]))
+                claims.append(f"{high} > {low} ({sign * c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}])")
+            n = len(comparisons)
+            lines.append(f"- **{task}, {metric}** ({len(claims)} of {n} comparisons): "
+                         + ("; ".join(claims) if claims else "none") + ".")
+    return lines + [""]
+
+
 def _efficiency_section(efficiency: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """AUC and steps / generated tokens to the threshold per algorithm, and the paper's step claim beside ours."""
     lines = ["## Sample efficiency", "",
@@ -558,6 +586,7 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     records = prompt_records(results)
     paired = paired_table(results, first=targets)
     lines += _paired_section(paired)
+    lines += findings_section(paired)
     rel_lines, relative = _relative_section(summary, targets, records, subset_keys)
     lines += rel_lines
     efficiency = sample_efficiency(results)
@@ -570,6 +599,7 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
                               "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "targets": targets,
                               "setup": setup, "summary": summary, "base": base, "relative": relative,
                               "compute": ctable, "compute_totals": totals, "paired": paired,
+                              "findings": findings_section(paired)[4:-1],
                               "paired_method": PAIRED_METHOD, "sample_efficiency": efficiency,
                               "paper_step_claim": step_claim}
     if paper_protocol:

@@ -162,6 +162,14 @@ def checkpoint_identity(name_or_path: str) -> list[Any]:
                                       for p in files]
 
 
+def base_fingerprint(path: str) -> str | None:
+    """The first 16 hex digits of the SHA-256 of a local base checkpoint's weights (None for a hub name):
+    reports print it so that two runs can be told apart by the model they started from."""
+    from algos.tiny import weights_sha256
+
+    return weights_sha256(path)[:16] if (Path(path) / "model.safetensors").is_file() else None
+
+
 def base_eval_key(config: BenchConfig, env: Any, policy: Policy, budget, seed: int) -> str:
     """A hash of everything the base eval depends on: task and its kwargs, checkpoint, eval settings, seed."""
     payload = [SCHEMA, env.spec.id, env.spec.kwargs, config.base_model, config.base_options,
@@ -255,7 +263,8 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
         "tokens_generated": sum(h.get("tokens/generated", 0.0) for h in history),
         "tokens_trained": sum(h.get("tokens/trained", 0.0) for h in history),
         "optimizer_steps": len(history), "sft_steps": algo.sft_steps, "wall_time_s": wall,
-        "config": {"base_model": config.base_model, "base_path": base_path, "budget": asdict(budget),
+        "config": {"base_model": config.base_model, "base_path": base_path,
+                   "base_sha256": base_fingerprint(base_path), "budget": asdict(budget),
                    "eval": asdict(config.eval), "hyperparameters": agent.config.to_dict()},
     }
 

@@ -247,3 +247,23 @@ def test_paired_plot_from_per_prompt_records(tmp_path):
     names = sorted(p.rpartition("/")[2] for p in report["plots"])
     assert "paired_textenv_Arithmetic-v0.png" in names
     assert (tmp_path / "plots" / "paired_textenv_Arithmetic-v0.png").read_bytes()[:8] == PNG
+
+
+def test_findings_claim_exactly_the_significant_comparisons(tmp_path):
+    report = write_report(evidence_results(), tmp_path, plots=False)
+    md = (tmp_path / "report.md").read_text()
+    findings = md[md.index("## Findings"):md.index("## Relative improvement")]
+    for metric, comparisons in report["paired"]["textenv/Arithmetic-v0"].items():
+        line = next(x for x in findings.splitlines() if x.startswith(f"- **textenv/Arithmetic-v0, {metric}**"))
+        significant = [c for c in comparisons if c["significant"]]
+        assert f"({len(significant)} of {len(comparisons)} comparisons)" in line
+        assert line.count(" > ") == len(significant)
+        for c in significant:  # written higher − lower, with the interval flipped when B is the higher
+            high, low, d = (c["a"], c["b"], c["diff"]) if c["diff"] > 0 else (c["b"], c["a"], -c["diff"])
+            assert f"{high} > {low} ({d:+.3f} [" in line
+        for c in comparisons:
+            if not c["significant"]:
+                assert f"{c['a']} > {c['b']} (" not in line and f"{c['b']} > {c['a']} (" not in line
+    grao = report["paired"]["textenv/Arithmetic-v0"]["reward"][0]
+    assert grao["significant"] and "grao > base model (+" in findings
+    assert report["findings"] == [x for x in findings.splitlines()[4:] if x]
