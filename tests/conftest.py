@@ -1,4 +1,12 @@
-"""Shared fixtures: tiny randomly initialised models (milliseconds to build, no download)."""
+"""Shared fixtures: tiny randomly initialised models (milliseconds to build, no download).
+
+``GRAO_TEST_THREADS`` (default 1) sets torch's thread count for the whole run, and
+``GRAO_TEST_BASE_SEED`` (default 0, the shipped base model) the pretraining seed of the tiny base
+model the learning tests start from. Both change float sums the way another machine would: CI runs
+the learning tests a second time with other values, so a margin tuned to one draw fails here.
+"""
+
+import os
 
 import pytest
 import torch
@@ -7,7 +15,14 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from algos import Policy
 from rewards.tiny import byte_tokenizer
 
-torch.set_num_threads(1)  # tiny models gain nothing from more; a shared machine loses a lot
+THREADS = int(os.environ.get("GRAO_TEST_THREADS", "1"))  # tiny models gain little from more; a busy machine loses a lot
+BASE_SEED = int(os.environ.get("GRAO_TEST_BASE_SEED", "0"))
+torch.set_num_threads(THREADS)
+
+
+def pytest_report_header(config) -> str:
+    return (f"grao-lab: torch threads {THREADS}, tiny base-model seed {BASE_SEED} "
+            "(GRAO_TEST_THREADS, GRAO_TEST_BASE_SEED)")
 
 
 def random_policy(arch: str = "llama", seed: int = 0) -> Policy:

@@ -1,16 +1,28 @@
-"""From the tiny base model, each algorithm improves what it optimises (fixed seeds, asserted with margins).
+"""From the tiny base model, each algorithm improves what it optimises: asserted over seeds, with margins
+chosen from the spread measured under the perturbations another machine brings.
 
-These are the slowest tests: the Arithmetic-v0 base model is pretrained once (about 15 s, cached on
-disk) and each algorithm trains for a bounded number of steps on it.
+Floats differ between CPUs and thread counts, and RL turns a last-bit difference into other samples,
+so one training run's gain is one draw. Each test trains several seeds and asserts on their mean, with
+a margin well below the smallest mean measured under every perturbation tried: torch threads 1 and 2
+(``GRAO_TEST_THREADS``) and the shipped base model against one pretrained here from another seed
+(``GRAO_TEST_BASE_SEED=1``). CI runs this file twice, with (1 thread, shipped base) and (2 threads,
+base seed 1). Each test prints what it observed, so the headroom can be read in the log (``-s``).
+
+These are the slowest tests: each online algorithm trains 3 seeds x 300 steps of 8 prompts x G = 8.
 """
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
+from conftest import BASE_SEED, THREADS
 
 import algos
 import textenv
 from algos import Policy
+
+SEEDS = (0, 1, 2)
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +32,16 @@ def env():
 
 @pytest.fixture(scope="module")
 def base_path(env):
-    from algos.tiny import pretrain_tiny
+    """The shipped base model (seed 0), or one pretrained here from ``GRAO_TEST_BASE_SEED``."""
+    from algos.tiny import default_recipe, pretrain_tiny
 
-    return pretrain_tiny(env.unwrapped.task, progress=False)
+    task = env.unwrapped.task
+    return pretrain_tiny(task, dataclasses.replace(default_recipe(task.name), seed=BASE_SEED), progress=False)
+
+
+def report(what: str, values: list[float], asserted: str) -> None:
+    print(f"\n{what} (threads {THREADS}, base seed {BASE_SEED}): "
+          f"{', '.join(f'{v:+.3f}' for v in values)}; mean {np.mean(values):+.3f}; asserted {asserted}")
 
 
 def eval_reward(policy: Policy, env, samples: int = 4) -> float:
@@ -34,53 +53,71 @@ def eval_reward(policy: Policy, env, samples: int = 4) -> float:
 
 
 def test_base_model_is_mixed(env, base_path):
-    """The tiny base is imperfect but not hopeless: most groups of 8 hold better and worse answers."""
+    """The tiny base is imperfect but not hopeless: most groups of 8 hold better and worse answers.
+    Measured: exact 0.27-0.30 and mixed groups 0.94-0.98 (both base seeds, 1 and 2 threads)."""
     policy = Policy.from_pretrained(base_path)
     examples = env.unwrapped.task.split("eval")[:64]
     out = policy.generate([ex.prompt for ex in examples], num_samples=8, max_new_tokens=6, seed=0)
     rewards, _ = env.unwrapped.score([ex for ex in examples for _ in range(8)], out.texts)
     groups = rewards.reshape(64, 8)
-    exact = float(np.mean(rewards == 1.0))
+    exact, mixed = float(np.mean(rewards == 1.0)), float(np.mean(groups.max(1) > groups.min(1)))
+    print(f"\nbase model: exact {exact:.3f} (asserted 0.15-0.5), mixed groups {mixed:.3f} (asserted >= 0.7)")
     assert 0.15 <= exact <= 0.5
-    assert np.mean(groups.max(1) > groups.min(1)) >= 0.8
+    assert mixed >= 0.7
 
 
 def test_sft_lowers_reference_nll(env, base_path):
-    agent = algos.make("sft", Policy.from_pretrained(base_path), lr=1e-4, seed=0)
-    before = agent.reference_nll(env)
-    agent.learn(env, 150, progress=False)
-    after = agent.reference_nll(env)
-    assert after < before - 0.03, (before, after)
+    """Measured drops: 0.11-0.13 nats per seed (both base seeds, 1 and 2 threads); asserted: mean > 0.05."""
+    drops = []
+    for seed in SEEDS:
+        agent = algos.make("sft", Policy.from_pretrained(base_path), lr=1e-4, seed=seed)
+        before = agent.reference_nll(env)
+        agent.learn(env, 150, progress=False)
+        drops.append(before - agent.reference_nll(env))
+    report("SFT reference-NLL drop", drops, "mean > 0.05")
+    assert np.mean(drops) > 0.05
 
 
 def test_dpo_raises_the_chosen_minus_rejected_margin(env, base_path):
-    agent = algos.make("dpo", Policy.from_pretrained(base_path), lr=1e-4, seed=0)
+    """Measured: margin gains 1.2-1.6 nats and last-10-step accuracy 0.93-0.98 per seed (both base seeds,
+    1 and 2 threads); asserted: mean gain > 0.5, mean accuracy > 0.7."""
     pairs = env.unwrapped.task.pairs("eval")[:64]
     prompts = [ex.prompt for ex in pairs]
+    gains, accuracies = [], []
+    for seed in SEEDS:
+        agent = algos.make("dpo", Policy.from_pretrained(base_path), lr=1e-4, seed=seed)
 
-    @torch.no_grad()
-    def margin() -> float:
-        chosen, mc = agent.policy.text_logprobs(prompts, [ex.chosen for ex in pairs])
-        rejected, mr = agent.policy.text_logprobs(prompts, [ex.rejected for ex in pairs])
-        return float((chosen.sum(-1) - rejected.sum(-1)).mean())
+        @torch.no_grad()
+        def margin(agent=agent) -> float:
+            chosen, _ = agent.policy.text_logprobs(prompts, [ex.chosen for ex in pairs])
+            rejected, _ = agent.policy.text_logprobs(prompts, [ex.rejected for ex in pairs])
+            return float((chosen.sum(-1) - rejected.sum(-1)).mean())
 
-    before = margin()
-    history = agent.learn(env, 100, progress=False)
-    after = margin()
-    assert after > before + 0.3, (before, after)
-    assert np.mean([h["rewards/accuracies"] for h in history[-10:]]) > 0.7
+        before = margin()
+        history = agent.learn(env, 100, progress=False)
+        gains.append(margin() - before)
+        accuracies.append(float(np.mean([h["rewards/accuracies"] for h in history[-10:]])))
+    report("DPO margin gain", gains, "mean > 0.5")
+    report("DPO last-10-step accuracy", accuracies, "mean > 0.7")
+    assert np.mean(gains) > 0.5
+    assert np.mean(accuracies) > 0.7
 
 
+# Mean eval-reward gains over seeds 0-2 measured with these settings (threads 1 / 2, shipped base and
+# base seed 1): grpo +0.041 ... ; grao +0.050 ...; ppo +0.036 ... The smallest is more than 1.5 times the
+# asserted 0.02. GRPO's learning rate is 1e-4: at 3e-4 its gains were -0.020 to +0.018, at 1e-3 it collapsed.
 @pytest.mark.parametrize(("name", "config"), [
-    ("grpo", {"lr": 3e-4}),
+    ("grpo", {"lr": 1e-4}),
     ("grao", {"lr": 1e-4}),
     ("ppo", {"lr": 1e-4, "whiten_rewards": True}),
 ])
 def test_online_algorithms_raise_the_eval_reward(env, base_path, name, config):
-    policy = Policy.from_pretrained(base_path)
-    before = eval_reward(policy, env)
-    agent = algos.make(name, policy, batch_size=8, group_size=8, max_new_tokens=6, seed=0, **config)
-    agent.learn(env, 300, progress=False)
-    after = eval_reward(agent.policy, env)
-    print(f"{name}: {before:.3f} -> {after:.3f}")
-    assert after > before + 0.025, (before, after)
+    before = eval_reward(Policy.from_pretrained(base_path), env)
+    gains = []
+    for seed in SEEDS:
+        agent = algos.make(name, Policy.from_pretrained(base_path), batch_size=8, group_size=8, max_new_tokens=6,
+                           seed=seed, **config)
+        agent.learn(env, 300, progress=False)
+        gains.append(eval_reward(agent.policy, env) - before)
+    report(f"{name} eval-reward gain from {before:.3f}", gains, "mean > 0.02")
+    assert np.mean(gains) > 0.02

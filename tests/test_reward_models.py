@@ -91,9 +91,11 @@ def test_scores_do_not_depend_on_batch_padding():
 def test_training_learns_the_preference(trained):
     first, last = trained.history[0], trained.history[-1]
     assert len(trained.history) == 40
-    assert last["loss"] < 0.5 * first["loss"]
     prompts, chosen, rejected = marker_pairs(100, seed=1)  # held out
     accuracy = np.mean(trained.score(prompts, chosen) > trained.score(prompts, rejected))
+    print(f"Bradley-Terry: loss {first['loss']:.3f} -> {last['loss']:.3f}, held-out accuracy {accuracy:.2f} "
+          "(asserted: loss halves, accuracy > 0.9)")
+    assert last["loss"] < 0.5 * first["loss"]
     assert accuracy > 0.9
 
 

@@ -91,7 +91,10 @@ def test_interrupted_save_leaves_no_model(task, tmp_path, monkeypatch):
 
 def test_pretraining_lowers_the_loss(task):
     _, losses = tiny.train(tiny.documents(task, SMALL), dataclasses.replace(SMALL, steps=60), progress=False)
-    assert np.mean(losses[-10:]) < np.mean(losses[:5]) - 1.0
+    # Observed drops: 2.0-2.1 nats at 1 and 2 threads and pretraining seeds 0-2; asserted: 1.0.
+    drop = np.mean(losses[:5]) - np.mean(losses[-10:])
+    print(f"pretraining loss drop over 60 steps: {drop:.3f} (asserted > 1.0)")
+    assert drop > 1.0
 
 
 def test_cache_root_honours_env(monkeypatch, tmp_path):
@@ -175,3 +178,54 @@ def test_arithmetic_reward_values():
     r = t.reward(["12+7="] * len(completions), completions, ["19"] * len(completions))
     expected = [1, 1, 1, math.exp(-0.5), math.exp(-0.5), math.exp(-2.5), 0, 0, math.exp(-19)]
     np.testing.assert_allclose(r, expected, atol=1e-9)
+
+
+# ----------------------------------------------------------------- shipped base models
+@pytest.mark.parametrize(("env_id", "kwargs"), tiny.SHIPPED, ids=lambda x: str(x) if x else "defaults")
+def test_the_shipped_base_model_is_the_current_recipes(env_id, kwargs):
+    """A shipped folder exists for the current recipe, corpus and code version of every variant in
+    SHIPPED (a change to any of them without ``python -m algos.tiny`` fails here), its weights are the
+    ones its SHA-256 names, and ``pretrain_tiny`` returns it instead of training."""
+    import json
+
+    import textenv
+
+    task = textenv.make(env_id, **kwargs).unwrapped.task
+    recipe = default_recipe(task.name)
+    folder = tiny.SHIPPED_DIR / tiny.model_dir_name(task, recipe)
+    assert (folder / "tiny_recipe.json").is_file(), f"{folder.name} is not shipped: run python -m algos.tiny"
+    info = json.loads((folder / "tiny_recipe.json").read_text())
+    assert info["recipe"] == dataclasses.asdict(recipe) and info["code_version"] == tiny.CODE_VERSION
+    assert info["sha256"] == tiny.weights_sha256(folder)
+    assert pretrain_tiny(task, progress=False) == folder
+
+
+def test_exactly_the_current_base_models_are_shipped():
+    import textenv
+
+    current = {tiny.model_dir_name(t, default_recipe(t.name))
+               for t in (textenv.make(e, **kw).unwrapped.task for e, kw in tiny.SHIPPED)}
+    assert {p.name for p in tiny.SHIPPED_DIR.iterdir() if p.is_dir()} == current
+
+
+def test_the_recipe_rebuilds_a_model_like_the_shipped_one(tmp_path):
+    """The shipped Arithmetic-v0 model is what its recipe trains: pretrained again here (another machine's
+    floats, so not bitwise), its final loss is within 3% of the shipped one's and the two agree on most
+    greedy answers. Observed here: final loss 1.149 vs 1.149, agreement 0.97 of 200 eval prompts."""
+    import json
+
+    import textenv
+    from algos import Policy
+
+    task = textenv.make("textenv/Arithmetic-v0").unwrapped.task
+    shipped = pretrain_tiny(task, progress=False)
+    rebuilt = pretrain_tiny(task, cache_dir=tmp_path, progress=False, shipped=False)
+    assert rebuilt != shipped and rebuilt.is_relative_to(tmp_path)
+    loss = [json.loads((p / "tiny_recipe.json").read_text())["final_loss"] for p in (shipped, rebuilt)]
+    prompts = [ex.prompt for ex in task.split("eval")]
+    answers = [Policy.from_pretrained(p).generate(prompts, max_new_tokens=6, greedy=True).texts
+               for p in (shipped, rebuilt)]
+    agree = np.mean([a == b for a, b in zip(*answers, strict=True)])
+    print(f"final loss shipped {loss[0]:.4f}, rebuilt {loss[1]:.4f}; greedy agreement {agree:.3f}")
+    assert abs(loss[1] - loss[0]) < 0.03 * loss[0]
+    assert agree > 0.7
