@@ -7,7 +7,8 @@ and arrives as a keyword column. ``meta=`` renames (``{"level": "difficulty"}`` 
 ``difficulty`` as ``level``) or also passes a column that feeds a field (``meta=["solution"]`` beside
 ``reference="solution"``). A column named like one of the reward's own arguments (``prompts``,
 ``completions``, ``references``, ``completion_ids``, ``where``) must be renamed. A named column that is
-missing, or a dataset with no rows, raises ``TaskError`` naming it.
+missing, or a dataset with no rows, raises ``TaskError`` naming it; in JSON lines another column that
+some rows lack is None in those rows, as ``datasets`` reads such a file.
 
 **Implicit prompts** (TRL's usual DPO format): when ``chosen`` and ``rejected`` hold whole conversations
 (or texts) that share their prompt, the prompt is extracted as TRL's ``extract_prompt`` does (see
