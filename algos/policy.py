@@ -8,7 +8,8 @@ left-padded and completions right-padded, and position ids are derived from the 
 a sequence's log-probs do not depend on how much padding its batch needed.
 
 What a real chat model needs lives here too, so algorithm files never see it: chat templates for
-message prompts (``chat=True`` templates plain prompts as a user turn), the model's generation config
+message prompts (``chat=True`` templates plain prompts as a user turn; a final assistant message is
+continued, as in TRL), the model's generation config
 (several EOS ids), LoRA adapters through ``peft`` (the reference policy is then the same weights with
 the adapter switched off), bf16 autocast, gradient checkpointing, context-length checks, and
 log-probs computed in chunks when no gradient is needed.
@@ -30,6 +31,7 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from rewards.messages import chat_template_options
 from textenv import message_text
 
 
@@ -307,7 +309,9 @@ class Policy:
     def _prompt_rows(self, prompts: Sequence[Prompt], room: int) -> list[list[int]]:
         """Token ids of each prompt: a message list (or, with ``chat``, a string as a user turn) through the
         tokenizer's chat template with the generation prompt; a plain string with BOS first when the
-        tokenizer has one."""
+        tokenizer has one. A conversation that ends with an assistant message is continued, as TRL's
+        ``apply_chat_template`` does (``continue_final_message=True``, no generation prompt): the message is
+        left open and the completion is the rest of it."""
         bos, limit = self.tokenizer.bos_token_id, self.context_length
         rows = []
         for i, prompt in enumerate(prompts):
@@ -316,7 +320,7 @@ class Policy:
                 if not getattr(self.tokenizer, "chat_template", None):
                     raise ValueError(f"prompt {i} is a list of messages but the tokenizer has no chat template; "
                                      f"pass plain-text prompts or a tokenizer with a chat template")
-                ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                ids = self.tokenizer.apply_chat_template(messages, tokenize=True, **chat_template_options(messages))
                 ids = list(ids["input_ids"] if isinstance(ids, Mapping) else ids)  # a dict since transformers 5
             else:
                 ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]

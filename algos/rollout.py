@@ -58,7 +58,9 @@ def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: Sa
                               batch_size=chunk,
                               seed=[chunk_seed(seed, offset + start) for start in range(0, len(examples), chunk)])
     repeated = [ex for ex in examples for _ in range(group_size)]
-    total, components = env.score(repeated, samples.texts)
+    sampled_ids = [ids[mask.bool()].tolist() for ids, mask in zip(samples.completion_ids, samples.completion_mask,
+                                                                   strict=True)]  # EOS included, as TRL's
+    total, components = env.score(repeated, samples.texts, completion_ids=sampled_ids)
     rewards = torch.as_tensor(total, dtype=torch.float32, device=policy.device).view(len(examples), group_size)
     answers = None
     if answer_rewards:

@@ -10,7 +10,9 @@ sum to the total (composites do), and ``pairwise = True`` when it is a judge R(o
 completion with the reference (then the reference scores 0 against itself).
 
 A reward with a parameter named ``completions`` is called by keyword, as TRL calls its reward
-functions (``def reward_len(completions, **kwargs)``); see ``rewards.calling``.
+functions (``def reward_len(completions, **kwargs)``); one that also does not name ``references`` is a TRL
+reward function and gets TRL's forms (messages for conversational prompts, ``completion_ids``); see
+``rewards.calling`` for the rule.
 """
 
 from __future__ import annotations
@@ -161,8 +163,11 @@ class ValidatedReward:
         return f"reward {self.name!r}" + (f" (in {where})" if where else "")
 
     def _check_inputs(self, prompts: Sequence[str], completions: Sequence[str],
-                      references: Sequence[str | None] | None, columns: dict[str, Any], who: str) -> None:
+                      references: Sequence[str | None] | None, columns: dict[str, Any], who: str,
+                      completion_ids: Sequence[Sequence[int]] | None = None) -> None:
         n = len(completions)
+        if completion_ids is not None and len(completion_ids) != n:
+            raise RewardError(f"{who}: got {len(completion_ids)} completion_ids for {n} completions")
         if len(prompts) != n:
             raise RewardError(f"{who}: got {len(prompts)} prompts for {n} completions")
         for i, c in enumerate(completions):
@@ -176,18 +181,24 @@ class ValidatedReward:
 
     def score(self, prompts: Sequence[str], completions: Sequence[str],
               references: Sequence[str | None] | None = None, *, where: str | None = None,
+              completion_ids: Sequence[Sequence[int]] | None = None,
               **columns: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Return ``(total, components)``; components is ``{name: total}`` for a simple reward."""
+        """Return ``(total, components)``; components is ``{name: total}`` for a simple reward.
+
+        ``completion_ids`` (the sampled token ids, when a policy sampled the completions) reach only TRL
+        reward functions, which TRL hands them to (see ``rewards.calling``).
+        """
         who = self._who(where)
         prompts, completions = list(prompts), list(completions)
         references = None if references is None else list(references)
-        self._check_inputs(prompts, completions, references, columns, who)
+        self._check_inputs(prompts, completions, references, columns, who, completion_ids)
         n = len(completions)
         if n == 0:
             return np.zeros(0), {}
         has_parts = callable(getattr(self.fn, "components", None))
         try:
-            out = call_reward(self.fn.components if has_parts else self.fn, prompts, completions, references, columns)
+            out = call_reward(self.fn.components if has_parts else self.fn, prompts, completions, references, columns,
+                              completion_ids)
         except RewardError as err:
             raise RewardError(f"{who}: {err}") from err
         except Exception as err:
@@ -202,8 +213,9 @@ class ValidatedReward:
 
     def __call__(self, prompts: Sequence[str], completions: Sequence[str],
                  references: Sequence[str | None] | None = None, *, where: str | None = None,
-                 **columns: Any) -> np.ndarray:
-        return self.score(prompts, completions, references, where=where, **columns)[0]
+                 completion_ids: Sequence[Sequence[int]] | None = None, **columns: Any) -> np.ndarray:
+        return self.score(prompts, completions, references, where=where, completion_ids=completion_ids,
+                          **columns)[0]
 
     def reference_rewards(self, prompts: Sequence[str], references: Sequence[str], *,
                           where: str | None = None, **columns: Any) -> np.ndarray:

@@ -44,13 +44,14 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-# TRL's documented reward-function examples, unchanged.
+# TRL's documented reward-function examples; with conversational prompts TRL hands them each completion as
+# [{"role": "assistant", "content": ...}], and so do we (rewards.calling).
 def reward_len(completions, **kwargs):
-    return [-abs(20 - len(completion)) for completion in completions]
+    return [-abs(20 - len(completion[0]["content"])) for completion in completions]
 
 
 def acc(completions, solution, **kwargs):
-    return [1.0 if c.strip() == s else 0.0 for c, s in zip(completions, solution, strict=True)]
+    return [1.0 if c[0]["content"].strip() == s else 0.0 for c, s in zip(completions, solution, strict=True)]
 
 
 def sums_task(reward=acc) -> Task:
@@ -187,7 +188,7 @@ def test_keyword_reward_only_gets_what_it_names():
 
     env = TextGenEnv(sums_task(only_completions))
     assert env.score(env.task.split("train")[:1], ["a"])[0].tolist() == [1.0]
-    assert got == [["a"]]
+    assert got == [[[{"role": "assistant", "content": "a"}]]]   # a conversational prompt: TRL's form
 
 
 def test_keyword_reward_naming_a_missing_column_is_a_clear_error():
@@ -353,7 +354,7 @@ MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "u
 @given(prompts=st.lists(st.one_of(st.text(max_size=40), MESSAGES), min_size=1, max_size=4),
        completion=st.text(max_size=16), pick=st.integers(0, 3))
 def test_every_observation_fits_the_space(prompts, completion, pick):
-    task = Task("Any-v0", {"train": [Example(p) for p in prompts]}, reward=reward_len)
+    task = Task("Any-v0", {"train": [Example(p) for p in prompts]}, reward=lambda completions, **kw: [0.0])
     env = TextGenEnv(task, max_length=16)
     obs, info = env.reset(options={"index": pick % len(prompts)})
     assert env.observation_space.contains(obs) and info["prompt"] == prompts[pick % len(prompts)]

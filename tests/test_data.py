@@ -113,10 +113,11 @@ ROWS = [{"question": "2+2=", "answer": "4", "level": "easy", "id": 1},
 def test_load_jsonl_column_mapping_and_meta(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", ROWS)
     examples = load_jsonl(path, prompt="question", reference="answer", meta=["level"])
-    assert examples == [Example("2+2=", reference="4", meta={"level": "easy"}),
-                        Example("7*6=", reference="42", meta={"level": "hard"})]
+    assert examples == [Example("2+2=", reference="4", meta={"level": "easy", "id": 1}),   # every other column
+                        Example("7*6=", reference="42", meta={"level": "hard", "id": 2})]
+    assert load_jsonl(path, prompt="question", reference="answer") == examples
     renamed = load_jsonl(path, prompt="question", meta={"difficulty": "level"}, limit=1)
-    assert renamed == [Example("2+2=", meta={"difficulty": "easy"})]
+    assert renamed == [Example("2+2=", meta={"difficulty": "easy", "answer": "4", "id": 1})]
 
 
 def test_load_jsonl_reads_gzip(tmp_path):
@@ -156,7 +157,7 @@ def test_load_jsonl_rejects_non_string_text(tmp_path):
 def test_load_hf_dataset_object_and_dataset_dict():
     ds = datasets.Dataset.from_list(ROWS)
     examples = load_hf(ds, prompt="question", reference="answer", meta=["id"])
-    assert examples[1] == Example("7*6=", reference="42", meta={"id": 2})
+    assert examples[1] == Example("7*6=", reference="42", meta={"id": 2, "level": "hard"})
     dd = datasets.DatasetDict({"train": ds, "test": ds.select([0])})
     assert len(load_hf(dd, "test", prompt="question")) == 1
     with pytest.raises(TaskError, match="no split 'validation'"):

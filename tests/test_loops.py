@@ -81,7 +81,7 @@ def test_ppo_loop_assembles_rewards_from_its_rollout(env, monkeypatch):
 def test_grpo_scale_rewards_inside_the_loop(env, monkeypatch):
     rewards = np.array([1.0, 0.0, 0.0, 0.5, 0.5, 0.5])  # group 1 mixed, group 2 all equal
 
-    def score(examples, completions):
+    def score(examples, completions, completion_ids=None):
         return rewards[:len(completions)], {}
 
     monkeypatch.setattr(env.unwrapped, "score", score)

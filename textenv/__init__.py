@@ -13,7 +13,7 @@ entry-point group (see ``textenv.registry``).
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
 from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.batched import batched
-from textenv.data import hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
+from textenv.data import extract_prompt, hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
 from textenv.metrics import evaluate_completions, evaluate_examples
 from textenv.registry import (
@@ -55,6 +55,7 @@ __all__ = [
     "conversation_text",
     "evaluate_completions",
     "evaluate_examples",
+    "extract_prompt",
     "hf_dataset",
     "is_conversational",
     "list_envs",

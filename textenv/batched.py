@@ -59,8 +59,9 @@ class _Rewarded:
             rewards = np.asarray(transform(np.asarray(rewards, dtype=np.float64)), dtype=np.float64)
         return rewards
 
-    def score(self, examples: Sequence[Example], completions: Sequence[str]) -> tuple[np.ndarray, dict[str, Any]]:
-        total, components = self._env.score(examples, completions)
+    def score(self, examples: Sequence[Example], completions: Sequence[str],
+              completion_ids: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        total, components = self._env.score(examples, completions, completion_ids=completion_ids)
         return self._apply(total), components
 
     def reference_rewards(self, examples: Sequence[Example]) -> np.ndarray:

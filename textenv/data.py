@@ -1,9 +1,23 @@
 """Loaders that turn datasets into ``Example`` lists: JSONL, Hugging Face ``datasets``, Anthropic HH-RLHF.
 
-Column mapping: ``prompt=`` names the prompt column (required); ``reference=``, ``chosen=`` and
-``rejected=`` name optional columns (``None``: the field stays empty); ``meta=`` lists columns (or maps
-meta keys to columns) that travel in ``Example.meta`` and so reach the reward as keyword columns.
-A named column that is missing, or a dataset with no rows, raises ``TaskError`` naming it.
+Column mapping: ``prompt=`` names the prompt column; ``reference=``, ``chosen=`` and ``rejected=`` name
+optional columns (``None``: the field stays empty). **Every other column reaches the reward**, as TRL
+passes every dataset column to its reward functions: it travels in ``Example.meta`` under its own name
+and arrives as a keyword column. ``meta=`` renames (``{"level": "difficulty"}`` passes the column
+``difficulty`` as ``level``) or also passes a column that feeds a field (``meta=["solution"]`` beside
+``reference="solution"``). A column named like one of the reward's own arguments (``prompts``,
+``completions``, ``references``, ``completion_ids``, ``where``) must be renamed. A named column that is
+missing, or a dataset with no rows, raises ``TaskError`` naming it; in JSON lines another column that
+some rows lack is None in those rows, as ``datasets`` reads such a file.
+
+**Implicit prompts** (TRL's usual DPO format): when ``chosen`` and ``rejected`` hold whole conversations
+(or texts) that share their prompt, the prompt is extracted as TRL's ``extract_prompt`` does (see
+``extract_prompt``). That happens with ``prompt=None``, or with the default ``prompt="prompt"`` when the
+dataset has no ``prompt`` column, or, per row as TRL's ``maybe_extract_prompt``, when its ``prompt`` is
+text while ``chosen`` is a conversation (as in UltraFeedback; that text still reaches the reward as the
+column ``prompt``). ``reference=`` naming the chosen (or rejected) column then gives its answer part. A
+pair with no shared prompt, identical answers, or one answer the start of the other is an error naming
+the row; so is ``prompt=`` naming the chosen or rejected column itself.
 
 Conversational data (TRL's format) loads as it is: a prompt column of message lists, ``reference=
 "completion"``, and ``chosen``/``rejected`` as assistant message lists. ``messages=`` names a column of
@@ -26,12 +40,15 @@ import re
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textenv.task import Example, TaskError, check_text, split_conversation
+from rewards.messages import is_messages
+from textenv.task import RESERVED_META, Example, TaskError, Text, check_text, split_conversation
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+TRL_PROMPT = "prompt"  # TRL's name for the prompt column
 HF_FILE_TYPES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
@@ -43,14 +60,84 @@ def _meta_map(meta: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
     return dict(meta) if isinstance(meta, Mapping) else {c: c for c in meta}
 
 
-def _text_fields(prompt: str, reference: str | None, messages: str | None) -> dict[str, str | None]:
+def _text_fields(prompt: str | None, reference: str | None, messages: str | None) -> dict[str, str | None]:
     """Which column feeds the prompt and which the reference (``messages=`` feeds both)."""
     if messages is None:
         return {"prompt": prompt, "reference": reference}
-    if prompt != "prompt" or reference is not None:
+    if prompt != TRL_PROMPT or reference is not None:
         raise TaskError(f"messages={messages!r} gives both the prompt and the reference; "
                         f"drop prompt={prompt!r} and reference={reference!r}")
     return {"prompt": messages, "reference": None}
+
+
+@dataclass(frozen=True)
+class ColumnPlan:
+    """Where each column of a dataset goes: ``fields`` maps Example fields to the columns that feed them,
+    ``meta`` maps meta keys (reward keywords) to columns. ``implicit``: every row's prompt is the shared
+    start of chosen and rejected; ``maybe_implicit``: TRL's ``maybe_extract_prompt`` decides per row."""
+
+    fields: dict[str, str | None]
+    meta: dict[str, str]
+    implicit: bool
+    maybe_implicit: bool
+    meta_named: tuple[str, ...] = ()
+
+    @property
+    def named(self) -> list[str]:
+        """The columns the caller named (or TRL's names imply): every row must have them."""
+        wanted = [c for f, c in self.fields.items() if c is not None and not (f == "prompt" and self.implicit)]
+        return list(dict.fromkeys(wanted + list(self.meta_named)))
+
+    def extracts_prompt(self, values: Mapping[str, Any]) -> bool:
+        """Whether this row's prompt is extracted from its pair: always when implicit; with TRL's
+        ``maybe_extract_prompt`` when a ``prompt`` column is of another form than ``chosen`` (text beside
+        whole conversations, as in UltraFeedback), since it then cannot be the conversation's prompt."""
+        if self.implicit or not self.maybe_implicit or values["chosen"] is None or values["rejected"] is None:
+            return self.implicit
+        return is_messages(values["prompt"]) != is_messages(values["chosen"])
+
+
+def plan_columns(columns: Sequence[str], source: str, *, prompt: str | None = TRL_PROMPT,
+                 reference: str | None = None, chosen: str | None = None, rejected: str | None = None,
+                 meta: Sequence[str] | Mapping[str, str] | None = None, messages: str | None = None) -> ColumnPlan:
+    """Decide where every column goes (the rules are in the module doc); a bad mapping is a TaskError."""
+    fields = {**_text_fields(prompt, reference, messages), "chosen": chosen, "rejected": rejected}
+    pair = chosen is not None and rejected is not None
+    if prompt is None and not pair:
+        raise TaskError(f"{source}: prompt=None takes the prompt from the shared start of chosen and rejected; "
+                        f"name both columns (got chosen={chosen!r}, rejected={rejected!r})")
+    for name in ("chosen", "rejected"):
+        if messages is None and prompt is not None and prompt == fields[name]:
+            raise TaskError(f"{source}: prompt={prompt!r} is also the {name} column; when chosen and rejected hold "
+                            "whole conversations (or texts) that share their prompt, pass prompt=None, or leave "
+                            "the default with no 'prompt' column, and the shared prompt is extracted as TRL does")
+    trl_names = prompt == TRL_PROMPT and messages is None and pair
+    implicit = prompt is None or (trl_names and TRL_PROMPT not in columns)
+    explicit = _meta_map(meta)
+    taken = {c for c in fields.values() if c is not None}
+    metas = dict(explicit)
+    for column in columns:
+        if column in taken or column in explicit.values():
+            continue
+        if column in metas:
+            raise TaskError(f"{source}: meta key {column!r} (column {metas[column]!r}) is also the name of another "
+                            "column, which reaches the reward under its own name; pick another meta key")
+        metas[column] = column
+    clash = sorted(RESERVED_META & set(metas))
+    if clash:
+        key = clash[0]
+        raise TaskError(f"{source}: column {metas[key]!r} would reach the reward as {key!r}, the name of one of "
+                        f"the reward's own arguments; rename it with meta={{'<new name>': {metas[key]!r}}}")
+    return ColumnPlan(fields, metas, implicit, trl_names and not implicit, tuple(explicit.values()))
+
+
+def _check_answer(value: Any, where: str) -> Text:
+    """A chosen or rejected answer; a conversation with other turns than the assistant's gets a hint."""
+    if is_messages(value) and any(m["role"] != "assistant" for m in value):
+        role = next(m["role"] for m in value if m["role"] != "assistant")
+        raise TaskError(f"{where} holds a {role!r} message; an answer holds assistant messages only (if chosen and "
+                        "rejected hold whole conversations that share their prompt, pass prompt=None to extract it)")
+    return check_text(value, where, answer=True)
 
 
 def _row_texts(values: dict[str, Any], fields: Mapping[str, str | None], messages: str | None,
@@ -62,6 +149,8 @@ def _row_texts(values: dict[str, Any], fields: Mapping[str, str | None], message
             if f == "prompt":
                 raise TaskError(f"{where} has no prompt (column {fields[f]!r} is null)")
             out[f] = None
+        elif f in ("chosen", "rejected"):
+            out[f] = _check_answer(v, f"{where}, column {fields[f]!r}")
         else:
             out[f] = check_text(v, f"{where}, column {fields[f]!r}", answer=f != "prompt")
     if messages is not None:
@@ -69,43 +158,103 @@ def _row_texts(values: dict[str, Any], fields: Mapping[str, str | None], message
     return out
 
 
-def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, prompt: str = "prompt",
+def extract_prompt(chosen: Text, rejected: Text, where: str = "extract_prompt") -> tuple[Text, Text, Text]:
+    """``(prompt, chosen, rejected)`` from a pair that holds its prompt, as TRL's ``extract_prompt`` does.
+
+    The prompt is the longest common start: whole messages for conversations, characters for text, where a
+    space just before the first difference goes to the answers ("The sky is" + " blue." / " green."), so a
+    text prompt can end inside a word when the answers start alike. Errors TRL lets through are refused,
+    naming ``where``: no shared start, identical answers, one answer the start of the other (nothing left
+    of it), a text beside a conversation.
+    """
+    kinds = ["a conversation" if is_messages(x) else "text" for x in (chosen, rejected)]
+    if kinds[0] != kinds[1]:
+        raise TaskError(f"{where}: chosen is {kinds[0]} but rejected is {kinds[1]}; the shared prompt can only "
+                        "be extracted from two texts or two conversations")
+    unit = "message" if kinds[0] == "a conversation" else "character"
+    if chosen == rejected:
+        raise TaskError(f"{where}: chosen and rejected are identical, so there is no answer to prefer and no "
+                        "prompt to extract")
+    shortest = min(len(chosen), len(rejected))
+    cut = next((i for i in range(shortest) if chosen[i] != rejected[i]), shortest)
+    if cut == shortest:
+        short, long = ("chosen", "rejected") if len(chosen) < len(rejected) else ("rejected", "chosen")
+        raise TaskError(f"{where}: {short} is the start of {long}; once the shared prompt is taken nothing is "
+                        f"left of the {short} answer")
+    if isinstance(chosen, str) and cut > 0 and chosen[cut - 1] == " ":
+        cut -= 1  # TRL: the space before the answers belongs to them
+    prompt = chosen[:cut]
+    if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+        raise TaskError(f"{where}: chosen and rejected share no prompt (they differ from the first {unit}); "
+                        "an implicit prompt is their shared start")
+    return prompt, chosen[cut:], rejected[cut:]
+
+
+def _implicit_row(values: dict[str, Any], fields: Mapping[str, str | None], where: str) -> dict[str, Any]:
+    """A row whose prompt is the shared start of its chosen and rejected columns."""
+    texts = {}
+    for f in ("chosen", "rejected"):
+        if values[f] is None:
+            raise TaskError(f"{where}: column {fields[f]!r} is null; the prompt is taken from chosen and rejected")
+        texts[f] = check_text(values[f], f"{where}, column {fields[f]!r}")
+    prompt, chosen, rejected = extract_prompt(texts["chosen"], texts["rejected"],
+                                              f"{where} (columns {fields['chosen']!r}, {fields['rejected']!r})")
+    rest = f"after the shared prompt of {len(prompt)} {'messages' if is_messages(prompt) else 'characters'}"
+    answers = {"chosen": _check_answer(chosen, f"{where}, column {fields['chosen']!r} ({rest})"),
+               "rejected": _check_answer(rejected, f"{where}, column {fields['rejected']!r} ({rest})")}
+    if fields["reference"] is None or values["reference"] is None:
+        reference = None
+    elif fields["reference"] in (fields["chosen"], fields["rejected"]):  # the answer part of that column
+        reference = answers["chosen" if fields["reference"] == fields["chosen"] else "rejected"]
+    else:
+        reference = check_text(values["reference"], f"{where}, column {fields['reference']!r}", answer=True)
+    return {"prompt": check_text(prompt, f"{where}, the shared prompt"), "reference": reference, **answers}
+
+
+def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, prompt: str | None = TRL_PROMPT,
                           reference: str | None = None, chosen: str | None = None, rejected: str | None = None,
                           meta: Sequence[str] | Mapping[str, str] | None = None,
                           messages: str | None = None) -> list[Example]:
-    """Examples from a column table (``{name: values}``); every named column must be present."""
-    fields = {**_text_fields(prompt, reference, messages), "chosen": chosen, "rejected": rejected}
-    metas = _meta_map(meta)
-    wanted = [c for c in fields.values() if c is not None] + list(metas.values())
-    missing = [c for c in dict.fromkeys(wanted) if c not in columns]
+    """Examples from a column table (``{name: values}``) with the column rules of the module doc."""
+    plan = plan_columns(list(columns), source, prompt=prompt, reference=reference, chosen=chosen,
+                        rejected=rejected, meta=meta, messages=messages)
+    missing = [c for c in plan.named if c not in columns]
     if missing:
         raise TaskError(f"{source}: missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(map(repr, missing))}; columns: {sorted(columns)}")
-    n = len(columns[fields["prompt"]])
+    n = len(next(iter(columns.values()))) if columns else 0
     if n == 0:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
+    fields = plan.fields
     out = []
     for i in range(n):
-        values = {f: None if c is None else columns[c][i] for f, c in fields.items()}
-        texts = _row_texts(values, fields, messages, f"{source}: row {i}")
-        out.append(Example(**texts, meta={k: columns[c][i] for k, c in metas.items()}))
+        where = f"{source}: row {i}"
+        values = {f: None if c is None or (f == "prompt" and plan.implicit) else columns[c][i]
+                  for f, c in fields.items()}
+        row_meta = {k: columns[c][i] for k, c in plan.meta.items()}
+        if plan.extracts_prompt(values):
+            if not plan.implicit:  # the prompt column is not the prompt here: it still reaches the reward
+                row_meta.setdefault(TRL_PROMPT, values["prompt"])
+            texts = _implicit_row(values, fields, where)
+        else:
+            texts = _row_texts(values, fields, messages, where)
+        out.append(Example(**texts, meta=row_meta))
     return out
 
 
 def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **mapping: Any) -> list[Example]:
-    """Examples from row dicts (JSON lines); a column missing from any row is reported with the row."""
+    """Examples from row dicts (JSON lines). Every named column must be in every row (else an error naming the
+    row); another column missing from some rows is None there, as ``datasets`` reads such a file."""
     if not records:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
-    names = [c for k, c in mapping.items() if k not in ("meta", "prompt") and c is not None]
-    names += list(_meta_map(mapping.get("meta")).values())
-    if mapping.get("messages") is None:
-        names.append(mapping.get("prompt", "prompt"))
+    present = list(dict.fromkeys(c for row in records for c in row))
+    named = plan_columns(present, source, **mapping).named
     for i, row in enumerate(records):
-        absent = [c for c in dict.fromkeys(names) if c not in row]
+        absent = [c for c in named if c not in row]
         if absent:
             raise TaskError(f"{source}: row {i} is missing column{'s' if len(absent) > 1 else ''} "
                             f"{', '.join(map(repr, absent))}; it has: {sorted(row)}")
-    columns = {c: [row[c] for row in records] for c in dict.fromkeys(names)}
+    columns = {c: [row.get(c) for row in records] for c in present}
     return examples_from_columns(columns, source, **mapping)
 
 
@@ -150,7 +299,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_jsonl(path: str | Path, *, prompt: str = "prompt", reference: str | None = None,
+def load_jsonl(path: str | Path, *, prompt: str | None = TRL_PROMPT, reference: str | None = None,
                chosen: str | None = None, rejected: str | None = None,
                meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None,
                messages: str | None = None) -> list[Example]:
@@ -204,7 +353,7 @@ def hf_dataset(source: Any, split: str = "train", *, data_dir: str | None = None
                         f"{type(err).__name__}: {err}") from err
 
 
-def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", reference: str | None = None,
+def load_hf(source: Any, split: str = "train", *, prompt: str | None = TRL_PROMPT, reference: str | None = None,
             chosen: str | None = None, rejected: str | None = None,
             meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
             limit: int | None = None, messages: str | None = None, **load_kw: Any) -> list[Example]:
@@ -214,13 +363,13 @@ def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", refere
     name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
-    texts = _text_fields(prompt, reference, messages)
-    names = [c for c in (*texts.values(), chosen, rejected) if c is not None] + list(_meta_map(meta).values())
-    missing = [c for c in dict.fromkeys(names) if c not in ds.column_names]
-    if missing:
+    mapping = {"prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected, "meta": meta,
+               "messages": messages}
+    missing = [c for c in plan_columns(ds.column_names, name, **mapping).named if c not in ds.column_names]
+    if missing:  # before any column is read
         raise TaskError(f"{name}: missing column{'s' if len(missing) > 1 else ''} "
                         f"{', '.join(map(repr, missing))}; columns: {sorted(ds.column_names)}")
-    columns = {c: ds[c] for c in dict.fromkeys(names)}
+    columns = {c: list(ds[c]) for c in ds.column_names}
     return examples_from_columns(columns, name, prompt=prompt, reference=reference, chosen=chosen,
                                  rejected=rejected, meta=meta, messages=messages)
 

@@ -9,8 +9,10 @@ far cheaper per batch than per string. ``TextVectorEnv`` exposes the same groupi
 Conversational prompts (message lists) cannot be a Gymnasium text observation, so the observation is
 their plain rendering (``textenv.render_messages``: one "role: content" line per message) and
 ``info["prompt"]`` carries the prompt as given, messages included; the observation after a step renders
-the conversation with the completion as one more assistant message. Rewards get the prompts as given,
-the completions as text, references as text (``message_text``) and the meta columns, by keyword.
+the conversation with the completion as one more assistant message (or, when the prompt ends with an
+assistant message, which the model continues, as that message's rest). Rewards get the prompts as given,
+the completions as text (TRL reward functions: as TRL gives them, see ``rewards.calling``), references
+as text (``message_text``) and the meta columns, by keyword.
 """
 
 from __future__ import annotations
@@ -61,18 +63,19 @@ class TaskScoring:
         idx = rng.choice(len(examples), size=n, replace=n > len(examples))
         return [examples[int(i)] for i in idx]
 
-    def score(self, examples: Sequence[Example],
-              completions: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def score(self, examples: Sequence[Example], completions: Sequence[str],
+              completion_ids: Sequence[Sequence[int]] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Rewards of ``completions[i]`` for ``examples[i]`` in one reward call: ``(total, components)``.
 
-        The reward gets the references and the examples' shared ``meta`` fields as keyword columns.
+        The reward gets the references and the examples' shared ``meta`` fields as keyword columns;
+        ``completion_ids``, the token ids a policy sampled, reach TRL reward functions (``rewards.calling``).
         """
         if len(examples) != len(completions):
             raise RewardError(f"{self.env_id}: got {len(examples)} examples for {len(completions)} completions")
         refs = [None if ex.reference is None else message_text(ex.reference) for ex in examples]
         return self.task.reward.score([ex.prompt for ex in examples], list(completions),
                                       None if all(r is None for r in refs) else refs,
-                                      where=self.env_id, **columns_of(examples))
+                                      where=self.env_id, completion_ids=completion_ids, **columns_of(examples))
 
     def reference_rewards(self, examples: Sequence[Example]) -> np.ndarray:
         """R(y) of each example's reference answer (0 for a pairwise judge: y ties with itself)."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import rewards
 from rewards import ValidatedReward
+from rewards.messages import is_messages
 
 
 class TaskError(ValueError):
@@ -22,16 +23,14 @@ class TaskError(ValueError):
 
 
 ROLES = ("system", "user", "assistant", "tool")
-RESERVED_META = frozenset({"prompts", "completions", "references", "where"})   # the reward call's own arguments
+RESERVED_META = frozenset({"prompts", "completions", "references", "completion_ids", "where"})  # the reward call's own
 Message = dict[str, Any]
 Text = str | list[Message]   # a prompt or an answer: plain text, or messages
 
 
 def is_conversational(x: Any) -> bool:
     """True for a message list (or an ``Example`` whose prompt is one), False for plain text."""
-    if isinstance(x, Example):
-        x = x.prompt
-    return isinstance(x, list | tuple) and bool(x) and all(isinstance(m, Mapping) and "role" in m for m in x)
+    return is_messages(x.prompt if isinstance(x, Example) else x)
 
 
 def check_messages(value: Any, where: str, *, answer: bool = False) -> list[Message]:
@@ -170,8 +169,8 @@ class Task:
 def columns_of(examples: Sequence[Example]) -> dict[str, list[Any]]:
     """Meta fields shared by all examples, as keyword columns for a reward call (TRL style).
 
-    A shared key named like a reward argument (``prompts``, ``completions``, ``references``, ``where``)
-    could not be passed beside it, so it is an error.
+    A shared key named like a reward argument (``prompts``, ``completions``, ``references``,
+    ``completion_ids``, ``where``) could not be passed beside it, so it is an error.
     """
     if not examples:
         return {}

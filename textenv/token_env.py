@@ -14,7 +14,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from rewards.messages import render_messages
+from rewards.messages import chat_template_options, render_messages
 from rewards.tiny import byte_tokenizer
 from textenv.env import TaskScoring, episode_info
 from textenv.task import Example, Task, TaskError, Text
@@ -27,8 +27,10 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
     on; ``add_bos=False`` drops the BOS) and, if longer than ``max_prompt_tokens``, truncated from the
     left. ``max_prompt_tokens=None`` fits the longest prompt of the task. A conversational prompt goes
     through the tokenizer's chat template with the generation prompt (no extra BOS: templates add their
-    own), or, for a tokenizer without one, through ``render_messages(..., add_generation_prompt=True)``.
-    ``info["prompt"]`` is the prompt as given.
+    own), or, for a tokenizer without one, through ``render_messages(..., add_generation_prompt=True)``;
+    a prompt that ends with an assistant message is continued instead (no generation prompt, the message
+    left open), as TRL does. ``info["prompt"]`` is the prompt as given; TRL reward functions also get the
+    generated ``completion_ids`` (EOS included when the episode ended with it).
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 1}
@@ -67,10 +69,11 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
     def _encode(self, prompt: Text) -> list[int]:
         if isinstance(prompt, str):
             return self.bos + list(self.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        options = chat_template_options(prompt)  # a final assistant message is continued, as TRL does
         if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, **options)
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self.bos + list(self.tokenizer(render_messages(prompt, add_generation_prompt=True),
+        return self.bos + list(self.tokenizer(render_messages(prompt, options["add_generation_prompt"]),
                                               add_special_tokens=False)["input_ids"])
 
     def _obs(self) -> dict[str, np.ndarray]:
@@ -109,7 +112,8 @@ class TokenEnv(TaskScoring, gym.Env[dict[str, np.ndarray], int]):
             return obs, 0.0, False, False, {}
         split, index, ex = self._episode
         completion = self.completion
-        total, parts = self.score([ex], [completion])
+        sampled = self._new_ids + [token] if terminated else list(self._new_ids)
+        total, parts = self.score([ex], [completion], completion_ids=[sampled])
         self._episode = None
         info = episode_info(split, index, ex)
         info["completion"] = completion
