@@ -328,7 +328,7 @@ class Agent:
         On several processes each rank makes the batch of its share of the step's prompt groups and
         orders its own groups, so a minibatch holds an equal share of every rank's groups."""
         cfg = self.config
-        with torch.no_grad(), self.engine.making_batch():
+        with torch.no_grad():
             batch = self.make_batch(self.engine.shard(env), rng)
         stats: dict[str, float] = {}
         for _ in range(cfg.num_iterations):

@@ -4,9 +4,9 @@ Data-parallel and exact. Each process (rank) owns a contiguous share of every st
 (all G samples of a prompt on one rank, so group statistics do not change); losses are normalised by
 the totals of the whole step summed over ranks, and gradients are summed over ranks before clipping,
 so W processes compute the gradient one process computes on the whole batch (up to the order of
-float sums). Statistics that span the batch (GRPO's batch std, PPO's whitening and adaptive KL) sum
-their parts over ranks through :func:`batch_sum` while a sharded batch is made; on one process it
-returns its arguments untouched, so single-process numbers are bitwise those of code without ranks.
+float sums). Statistics that span the batch (GRPO's batch std, PPO's whitening and adaptive KL) are
+computed by gather -> pure function -> slice (:meth:`Engine.over_batch`): on the whole batch, exactly as
+one process computes them, and on one process with no gather at all.
 
 The process group is started from the environment ``torchrun`` and ``accelerate launch`` set
 (``WORLD_SIZE`` > 1): NCCL for CUDA tensors, gloo for CPU tensors. Algorithm files know nothing of
@@ -26,7 +26,6 @@ import torch.distributed as dist
 
 T = TypeVar("T")
 _BUCKET = 1 << 25  # elements per collective when tensors are flattened together (128 MiB of float32)
-_batch_engine: Engine | None = None  # set while a sharded step's batch is made (see Engine.making_batch)
 
 
 def device() -> torch.device:
@@ -80,15 +79,9 @@ class Engine:
         """A view of a batched env whose ``sample`` keeps this rank's share of what every rank draws."""
         return env if self.world_size == 1 else _ShardedEnv(env, self)
 
-    @contextlib.contextmanager
-    def making_batch(self) -> Iterator[None]:
-        """While a step's batch is made, :func:`batch_sum` and :func:`batch_offset` span all ranks."""
-        global _batch_engine
-        previous, _batch_engine = _batch_engine, (self if self.world_size > 1 else None)
-        try:
-            yield
-        finally:
-            _batch_engine = previous
+    def offset_of_share(self, local_count: int) -> int:
+        """Index in the step's batch of this rank's first item, when every rank holds ``local_count`` of them."""
+        return self.rank * local_count
 
     # --- collectives (every rank calls them in the same order) --------------------------------
     def sum_(self, tensors: Sequence[torch.Tensor]) -> None:
@@ -113,6 +106,34 @@ class Engine:
             collective(flat)
             for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 t.copy_(part.view_as(t))
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of ``tensor`` concatenated in rank order, on every rank. Ranks may differ in rows
+        and in width (the sizes past the first); narrower rows are padded with zeros to the widest."""
+        return tensor if self.world_size == 1 else _gather_rows(tensor)[0]
+
+    def over_batch(self, fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+        """``fn(*tensors)`` as if this rank held the step's whole batch: gather every rank's rows, run ``fn`` on
+        the whole batch, keep this rank's rows (as TRL does with rewards and advantages).
+
+        ``fn`` is a pure function of row-aligned tensors that returns a tensor or a tuple of them; row ``i`` of
+        an output belongs to row ``i`` of the inputs, and each output is cut back to this rank's rows and
+        sizes of the first input with as many dimensions. On one process it is ``fn(*tensors)`` itself, so
+        one process computes bitwise as without ranks; on several the batch statistic is the one-process
+        statistic of the same rows (padding columns are zeros, which masked statistics ignore).
+        """
+        if self.world_size == 1:
+            return fn(*tensors)
+        gathered = [_gather_rows(t) for t in tensors]
+        result = fn(*(g[0] for g in gathered))
+        outputs = result if isinstance(result, tuple) else (result,)
+        mine = []
+        for out in outputs:
+            index = next(i for i, t in enumerate(tensors) if t.dim() == out.dim())
+            counts, local = gathered[index][1], tensors[index].shape
+            start = sum(counts[:self.rank])
+            mine.append(out[(slice(start, start + counts[self.rank]), *(slice(0, n) for n in local[1:]))])
+        return tuple(mine) if isinstance(result, tuple) else mine[0]
 
     def sum_numbers(self, values: Sequence[float]) -> list[float]:
         """Sums over ranks of plain numbers (float64: counts stay exact)."""
@@ -188,22 +209,17 @@ class _ShardedEnv:
         return examples[self._engine.share(n, "examples of a step")]
 
 
-# --- what shared code that spans a batch calls (the identity on one process) ------------------------
-def batch_sum(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Each tensor summed over the step's whole batch: over all ranks while a sharded batch is made,
-    else returned as given (the very same tensors, so one process computes exactly as before)."""
-    if _batch_engine is None:
-        return tensors
-    summed = tuple(t.detach().clone() for t in tensors)
-    _batch_engine.sum_(summed)
-    return summed
-
-
-def batch_is_sharded() -> bool:
-    """Whether a step's batch is being made in shares on several ranks."""
-    return _batch_engine is not None
-
-
-def batch_offset(local_count: int) -> int:
-    """Index in the step's batch of this rank's first item, when each rank holds ``local_count`` of them."""
-    return 0 if _batch_engine is None else _batch_engine.rank * local_count
+def _gather_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """All ranks' rows of ``tensor`` (zero-padded to the largest size in every dimension past the first) and
+    each rank's row count."""
+    world = dist.get_world_size()
+    shape = torch.tensor(tensor.shape, dtype=torch.int64, device=tensor.device)
+    shapes = [torch.empty_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    sizes = torch.stack(shapes).amax(0).tolist()
+    padded = tensor.new_zeros(sizes)
+    padded[tuple(slice(0, n) for n in tensor.shape)] = tensor
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.contiguous())
+    counts = [int(s[0]) for s in shapes]
+    return torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)]), counts

@@ -52,7 +52,8 @@ class GRAO(Agent):
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
-        rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True)
+        rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True,
+                          offset=self.engine.offset_of_share(len(examples)))
         answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
         stats = {**rollout.stats, "reward/reference_mean": rollout.answer_rewards.mean().item()}
         return Batch(len(examples), stats, samples=rollout.samples.batch, answers=answers,

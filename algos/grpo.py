@@ -9,6 +9,7 @@ Set ``beta=0`` for the Dr. GRPO / DAPO recipe (no reference copy is then made).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -41,11 +42,12 @@ class GRPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        rollout = collect(self.policy, env, env.sample(cfg.batch_size, rng, "train"), cfg, rng)
+        examples = env.sample(cfg.batch_size, rng, "train")
+        rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         samples, temperature = rollout.samples.batch, cfg.temperature  # score as the samples were drawn
+        advantages = self.engine.over_batch(partial(losses.group_advantages, scale=cfg.scale_rewards), rollout.rewards)
         return Batch(
-            len(rollout.examples), rollout.stats, samples=samples,
-            advantages=losses.group_advantages(rollout.rewards, scale=cfg.scale_rewards).flatten(),
+            len(rollout.examples), rollout.stats, samples=samples, advantages=advantages.flatten(),
             ref_logps=self.policy.reference().logprobs(samples, temperature) if cfg.beta > 0 else None,
             old_logps=self.policy.logprobs(samples, temperature) if cfg.num_iterations > 1 else None)
 

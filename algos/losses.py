@@ -13,9 +13,9 @@ Conventions shared by every function here:
   and so do their gradients. That is what micro-batches and several processes need (TRL's ``dapo``
   divides by the token count of the whole accumulated step for the same reason).
 - Each set of choices (loss types, scales, groups) is a ``Literal`` here that the configs reuse.
-- The few statistics that span a whole batch (``masked_whiten``, the "batch" std of ``group_advantages``,
-  ``adaptive_kl_coef``) sum their parts through ``distributed.batch_sum``: over all processes while a
-  step's batch is made in shares, and the identity otherwise, so one process computes exactly as before.
+- Nothing here communicates. A statistic that spans a whole batch (``masked_whiten``, the "batch" std of
+  ``group_advantages``, ``adaptive_kl_coef``) is taken over the tensors it is given; on several processes
+  the caller gathers the whole batch first, computes, and keeps its own rows (``Engine.over_batch``).
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-
-from algos import distributed
 
 Tensor = torch.Tensor
 
@@ -67,13 +65,11 @@ def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
     """Normalise to zero mean / unit variance over the unmasked entries (TRL: unbiased variance, 1e-8).
 
     ``shift_mean=False`` keeps the original mean (only rescales). Padded positions come out as 0.
-    The mean and variance are those of the step's whole batch (all processes' shares).
     """
-    count, total = distributed.batch_sum(mask.to(x.dtype).sum(), masked_sum(x, mask))
-    mean = total / count.clamp(min=1.0)
+    count = mask.to(x.dtype).sum()
+    mean = masked_sum(x, mask) / count.clamp(min=1.0)
     centered = _clean(x - mean, mask)
-    (squares,) = distributed.batch_sum((centered**2).sum())
-    var = squares / (count - 1).clamp(min=1.0)
+    var = (centered**2).sum() / (count - 1).clamp(min=1.0)
     out = centered * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         out = out + mean
@@ -153,8 +149,8 @@ def dpo_loss(
 def group_advantages(rewards: Tensor, scale: RewardScale = "group", eps: float = 1e-4) -> Tensor:
     """GRPO advantages ``[B, G]``: reward minus group mean, divided by a std (as TRL's GRPOTrainer).
 
-    The std is torch's default *unbiased* one, as in TRL: per group ("group"), over the whole batch
-    ("batch", the step's whole batch over all processes), or no division ("none"). A group whose rewards
+    The std is torch's default *unbiased* one, as in TRL: per group ("group"), over all of ``rewards``
+    ("batch"), or no division ("none"). A group whose rewards
     are all equal gets exact zeros, and a std that cannot be estimated (G = 1, or a batch of one reward)
     counts as 0, so no NaN appears.
     """
@@ -169,17 +165,8 @@ def group_advantages(rewards: Tensor, scale: RewardScale = "group", eps: float =
     if scale == "group":
         std = rewards.std(dim=1, keepdim=True) if G > 1 else torch.zeros_like(rewards[:, :1])
     else:
-        std = _batch_std(rewards)
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype)
     return centered / (std + eps)
-
-
-def _batch_std(x: Tensor) -> Tensor:
-    """Unbiased std of all entries of the step's batch (summed over processes when it is sharded)."""
-    if not distributed.batch_is_sharded():
-        return x.std() if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
-    count, total = distributed.batch_sum(x.new_tensor(float(x.numel())), x.sum())
-    (squares,) = distributed.batch_sum(((x - total / count) ** 2).sum())
-    return (squares / (count - 1)).sqrt() if count > 1 else torch.zeros((), dtype=x.dtype)
 
 
 def grpo_loss(
@@ -355,12 +342,8 @@ def ppo_token_rewards(
 def adaptive_kl_coef(kl_coef: float, mean_kl: float, target_kl: float, num_samples: int, horizon: int) -> float:
     """Ziegler et al.'s proportional controller: move the KL coefficient towards the target KL.
 
-    ``mean_kl`` over ``num_samples`` samples; when the step's batch is sharded, both are taken over all shares.
+    ``mean_kl`` is the mean per-sequence KL of the ``num_samples`` samples of the step's whole batch.
     """
-    if distributed.batch_is_sharded():
-        kl_sum, num_samples = distributed.batch_sum(torch.tensor([mean_kl * num_samples, num_samples],
-                                                                 dtype=torch.float64))[0].tolist()
-        mean_kl = kl_sum / num_samples
     error = min(max(mean_kl / target_kl - 1, -0.2), 0.2)
     return kl_coef * (1 + error * num_samples / horizon)
 

@@ -9,6 +9,7 @@ policy loss plus the clipped value loss. The KL coefficient is fixed or adapted 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -71,17 +72,22 @@ class PPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        rollout = collect(self.policy, env, env.sample(cfg.batch_size, rng, "train"), cfg, rng)
+        examples = env.sample(cfg.batch_size, rng, "train")
+        rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         samples, mask = rollout.samples.batch, rollout.samples.completion_mask
         old_logps, old_values = self.policy_and_values(samples)
         ref_logps = self.policy.reference().logprobs(samples, temperature=cfg.temperature)
-        token_rewards, kl = losses.ppo_token_rewards(rollout.rewards.flatten(), old_logps, ref_logps, mask,
-                                                     self.kl_coef, cfg.kl_kind, whiten=cfg.whiten_rewards)
+        # Whitening spans the step's whole batch: computed on every rank's rows, this rank keeps its own.
+        token_rewards, kl = self.engine.over_batch(
+            partial(losses.ppo_token_rewards, kl_coef=self.kl_coef, kl_kind=cfg.kl_kind, whiten=cfg.whiten_rewards),
+            rollout.rewards.flatten(), old_logps, ref_logps, mask)
         advantages, returns = losses.gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        advantages = losses.masked_whiten(advantages, mask)
-        mean_kl = kl.sum(-1).mean().item()  # per-sequence KL, as the adaptive controller uses
+        advantages = self.engine.over_batch(losses.masked_whiten, advantages, mask)
+        sequence_kl = self.engine.gather(kl.sum(-1))  # per-sequence KL of the whole batch, as the controller uses
+        mean_kl = sequence_kl.mean().item()
         if cfg.target_kl is not None:  # the next rollout's coefficient; this one's rewards are made
-            self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, len(mask), cfg.kl_horizon)
+            self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, len(sequence_kl),
+                                                   cfg.kl_horizon)
         stats = {**rollout.stats, "kl": mean_kl, "kl_coef": self.kl_coef, "score/mean": rollout.rewards.mean().item()}
         return Batch(len(rollout.examples), stats, samples=samples, old_logps=old_logps, old_values=old_values,
                      advantages=advantages, returns=returns)

@@ -8,7 +8,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from algos import distributed
 from algos.policy import Policy, Samples
 from textenv import Example, TextGenEnv
 
@@ -41,17 +40,18 @@ class SamplingSettings(Protocol):
 
 
 def collect(policy: Policy, env: TextGenEnv, examples: list[Example], config: SamplingSettings,
-            rng: np.random.Generator, answer_rewards: bool = False) -> Rollout:
+            rng: np.random.Generator, answer_rewards: bool = False, offset: int = 0) -> Rollout:
     """Sample ``config.group_size`` completions per example and score them all with one reward call.
 
     The sampling seed is drawn from ``rng``, so a step's rollout is a function of the step's generator.
     Prompts are generated ``config.generation_chunk`` at a time (all at once when None), each chunk
     seeded by its offset in the step's batch: a prompt's samples are then the same whichever process
-    generates it, whenever the chunks fall alike. ``answer_rewards`` also scores each example's
-    reference answer (GRAO's R(y)).
+    generates it, whenever the chunks fall alike. ``offset`` is the index of ``examples[0]`` in the step's
+    batch (this rank's share starts there: ``Engine.offset_of_share``). ``answer_rewards`` also scores
+    each example's reference answer (GRAO's R(y)).
     """
     group_size, chunk = config.group_size, config.generation_chunk or len(examples)
-    seed, offset = int(rng.integers(2**31)), distributed.batch_offset(len(examples))
+    seed = int(rng.integers(2**31))
     samples = policy.generate([ex.prompt for ex in examples], num_samples=group_size,
                               temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                               repetition_penalty=config.repetition_penalty, max_new_tokens=config.max_new_tokens,

@@ -106,8 +106,8 @@ def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
     settings = SimpleNamespace(group_size=2, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
                                max_new_tokens=6, generation_chunk=2)
     one = algos.collect(policy, env, examples, settings, np.random.default_rng(5))
-    with distributed.Engine(1, 2).making_batch():  # rank 1 of 2 holds the last two prompts
-        rank1 = algos.collect(policy, env, examples[2:], settings, np.random.default_rng(5))
+    rank1 = algos.collect(policy, env, examples[2:], settings, np.random.default_rng(5),  # rank 1 of 2
+                          offset=distributed.Engine(1, 2).offset_of_share(2))
     assert rank1.samples.texts == one.samples.texts[4:] and torch.equal(rank1.rewards, one.rewards[2:])
     assert one.samples.texts[:4] != one.samples.texts[4:]
     with pytest.raises(ValueError, match=r"generate\(\) got 1 seeds for 2 chunks of prompts"):
