@@ -9,10 +9,11 @@ A :class:`Batch` is split by whole prompt groups only, and every loss is normali
 the whole optimiser step (:class:`StepTotals`), so a step in micro-batches equals the full-batch step.
 Everything else is shared too: the training loop with progress, TensorBoard and JSONL logging,
 evaluation, saving, checkpoints and resume. Each step draws its randomness from ``(seed, step)``, so
-a resumed run replays exactly what an uninterrupted one would have done. Launched on several
-processes (``torchrun``, ``accelerate launch``), the same loop trains data-parallel through the engine
-in :mod:`algos.distributed`: each rank makes the batch of its share of the step's prompt groups, the
-totals and gradients are summed over ranks, and rank 0 alone writes.
+a resumed run replays exactly what an uninterrupted one would have done. How a step runs (one
+process, DDP, FSDP2) is the business of the :class:`~algos.engine.Engine` injected into the agent: on
+several processes each rank makes the batch of its share of the step's prompt groups, the engine
+sums totals and gradients over ranks, every rank takes part in evaluation and saving, and rank 0
+alone writes. Constructing an agent changes nothing outside it but what its engine prepares.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from typing import Any, ClassVar, Literal
 import gymnasium
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 import textenv
-from algos import distributed
+from algos.engine import Engine, make_engine
 from algos.policy import EncodedBatch, Policy, Prompt, reading
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
@@ -73,8 +74,7 @@ class AgentConfig:
     num_iterations: int = 1  # optimisation passes over each batch (GRPO's mu, PPO's epochs)
     num_minibatches: int = 1  # optimiser steps per pass, each on an equal share of the prompt groups
     micro_batch_size: int | None = None  # prompt groups per forward/backward (gradient accumulation); None = all
-    bf16: bool = False  # bfloat16 autocast in the forward passes (mixed precision; weights stay as loaded)
-    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
+    engine: Literal["ddp", "fsdp"] = "ddp"  # how several processes train (one process trains alone): see algos.engine
     # Prompts per generate call, each chunk seeded by its offset in the step's batch (bounds generation memory;
     # with a divisor of batch_size / processes, a prompt's samples do not depend on the process count). None = all.
     generation_chunk: int | None = None
@@ -186,10 +186,15 @@ def get_algorithm(name: str) -> type[Agent]:
     return _ALGORITHMS[name]
 
 
-def make(name: str, policy: Policy, **config: Any) -> Agent:
-    """``algos.make("grao", policy, lr=1e-5, group_size=8)``."""
+def make(name: str, policy: Policy, engine: Engine | str | None = None, **config: Any) -> Agent:
+    """``algos.make("grao", policy, lr=1e-5, group_size=8)``. ``engine`` is an :class:`~algos.engine.Engine`
+    to inject, or the config's name of one ("ddp", "fsdp")."""
     cls = get_algorithm(name)
-    return cls(policy, cls.config_class.from_dict(config, where=f"algos.make({name!r})"))
+    if isinstance(engine, str):
+        engine, config = None, {**config, "engine": engine}
+    elif engine is not None and engine.name != "local":
+        config = {"engine": engine.name, **config}
+    return cls(policy, cls.config_class.from_dict(config, where=f"algos.make({name!r})"), engine=engine)
 
 
 # ---------------------------------------------------------------------------------------------- batches
@@ -257,7 +262,7 @@ class StepTotals:
         return cls(batch.groups, {k: len(v) for k, v in encoded.items()},
                    {k: v.num_tokens for k, v in encoded.items()})
 
-    def across(self, engine: distributed.Engine) -> StepTotals:
+    def across(self, engine: Engine) -> StepTotals:
         """The totals over every rank's share of the step (``self`` on one process)."""
         if engine.world_size == 1:
             return self
@@ -271,12 +276,19 @@ class StepTotals:
 
 # ---------------------------------------------------------------------------------------------- agent
 class Agent:
-    """Common interface: ``act``, ``learn``, ``evaluate``, ``save``/``load``."""
+    """Common interface: ``act``, ``learn``, ``evaluate``, ``save``/``load``.
+
+    ``engine`` runs the steps: by default one process alone, or, when the process group of a launch spans
+    several, the config's ``engine`` ("ddp" or "fsdp") over it (:func:`algos.engine.make_engine`).
+    """
 
     name: ClassVar[str] = "agent"
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
 
-    def __init__(self, policy: Policy, config: AgentConfig | None = None, **overrides: Any):
+    def __init__(self, policy: Policy, config: AgentConfig | None = None, *, engine: Engine | str | None = None,
+                 **overrides: Any):
+        if isinstance(engine, str):  # the config's name of an engine, not one to inject
+            engine, overrides = None, {**overrides, "engine": engine}
         if config is not None and not isinstance(config, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
                               f"got {type(config).__name__}")
@@ -284,15 +296,18 @@ class Agent:
             base = config.to_dict() if config is not None else {}
             config = self.config_class.from_dict({**base, **overrides}, where=type(self).__name__)
         self.policy, self.config = policy, config
-        policy.autocast = torch.bfloat16 if config.bf16 else None
-        if config.gradient_checkpointing:
-            policy.gradient_checkpointing()
-        self.engine = distributed.current()  # one process, or this rank of a torchrun / accelerate launch
+        self.engine = engine if engine is not None else make_engine(config.engine)
         self.step = 0
         self.history: list[dict[str, float]] = []
-        torch.manual_seed(config.seed)
         self.setup()
-        params = policy.parameters() + [p for m in self.modules().values() for p in m.parameters()]
+        if self.needs_reference():
+            policy.reference()  # made before the engine prepares the model, so a sharded model's copy is sharded
+        # The modules as they train, whatever the engine wraps them in: what checkpoints and saves hold.
+        self._trained = {"policy": policy.model, **self.modules()}
+        for name, module in self.engine.prepare(policy, self.modules()).items():
+            setattr(self, name, module)  # e.g. DDP's wrapper of a value head, which its forward passes must use
+        # One fixed order of the parameters on every rank: the policy's, then each module's.
+        params = policy.parameters() + [p for n, m in self._trained.items() if n != "policy" for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # made by learn(total_steps)
 
@@ -302,8 +317,14 @@ class Agent:
         ``self.policy.reference()``)."""
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        """Extra trainable modules (saved and optimised with the policy), e.g. a value head."""
+        """Extra trainable modules (saved and optimised with the policy), e.g. a value head, by the name of the
+        attribute that holds each: the engine may replace that attribute with a wrapper to call instead."""
         return {}
+
+    def needs_reference(self) -> bool:
+        """Whether ``make_batch`` scores with ``self.policy.reference()``; if so it is made before the engine
+        prepares the model (a sharded model's reference copy is sharded with it)."""
+        return False
 
     def state(self) -> dict[str, Any]:
         """Plain-JSON state besides weights that a resumed run needs (e.g. an adaptive KL coefficient)."""
@@ -341,25 +362,25 @@ class Agent:
         return self.engine.mean_stats({**stats, **batch.stats, "tokens/trained": float(trained)}, _summed_stat)
 
     def optimizer_step(self, batch: Batch) -> dict[str, float]:
-        """Accumulate the gradients of ``batch`` in micro-batches, sum them over ranks, clip, step. Returns
-        the loss (this rank's part), the gradient norm (before clipping) and the loss stats, averaged over
-        micro-batches by group count."""
+        """Accumulate the gradients of ``batch`` in micro-batches (the engine reduces them over ranks in the
+        last one's backward), clip, step. Returns the loss (this rank's part), the gradient norm (before
+        clipping) and the loss stats, averaged over micro-batches by group count."""
         totals = StepTotals.of(batch).across(self.engine)
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, weighted = 0.0, {}
-        for micro in batch.split(self.config.micro_batch_size):
-            loss, stats = self.loss(micro, totals)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{self.name}: loss is {loss.item()} at step {self.step}")
-            loss.backward()
+        micros = batch.split(self.config.micro_batch_size)  # as many on every rank: equal shares
+        for i, micro in enumerate(micros):
+            with self.engine.accumulating(sync=i == len(micros) - 1):
+                loss, stats = self.loss(micro, totals)
+                if self.engine.any(not torch.isfinite(loss)):  # every rank stops, none waits in a collective
+                    raise FloatingPointError(f"{self.name}: loss is {loss.item()} at step {self.step} "
+                                             f"(on this rank or another)")
+                self.engine.backward(loss)
             loss_sum += loss.item()
             for key, value in stats.items():
                 weighted[key] = weighted.get(key, 0.0) + value * micro.groups / batch.groups
-        params = self._trained_parameters()
-        self.engine.sum_([p.grad for p in params if p.grad is not None])
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        self.optimizer.step()
-        return {**weighted, "loss": loss_sum, "grad_norm": float(norm)}
+        norm = self.engine.clip_and_step(self.optimizer, self.config.max_grad_norm)
+        return {**weighted, "loss": loss_sum, "grad_norm": norm}
 
     def _lr_schedule(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
         """transformers' schedule over ``total_steps`` training steps, advanced to the current step (the
@@ -429,8 +450,8 @@ class Agent:
         its gymnasium reward wrappers (``textenv.batched``); evaluation metrics use the task's reward.
         ``callback(agent, record)`` returning False stops early. With ``checkpoint_every`` a
         checkpoint is written to ``checkpoint_dir/step-N``; ``resume_from`` continues from one.
-        On several processes every rank runs ``learn`` (and loads ``resume_from``) and holds the same
-        history; rank 0 alone evaluates, writes logs and checkpoints and shows progress.
+        On several processes every rank runs ``learn`` (and loads ``resume_from``), evaluates and writes its
+        shard of each checkpoint, and holds the same history; rank 0 alone writes logs and shows progress.
         """
         if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps < 1:
             raise ValueError(f"{self.name}: learn(total_steps={total_steps!r}) needs a whole number >= 1")
@@ -438,7 +459,6 @@ class Agent:
         task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-        self.engine.broadcast_([p.data for p in self._trained_parameters()])  # every rank starts from rank 0's
         self.scheduler = self._lr_schedule(total_steps)
         if checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
@@ -457,9 +477,9 @@ class Agent:
                     record["tokens/per_s"] = stats["tokens/trained"] / max(elapsed, 1e-9)
                 if eval_env is not None and eval_every and (
                         self.step % eval_every == 0 or self.step == total_steps):
-                    # Rank 0 evaluates (exactly the one-process numbers); every rank gets them.
-                    evaluation, shown = self.engine.from_main(
-                        lambda: self._evaluate(eval_env, **(eval_kwargs or {})))
+                    # Every rank evaluates every prompt in lock-step (a sharded model needs them all in each
+                    # forward pass): the one-process numbers, the same on every rank.
+                    evaluation, shown = self._evaluate(eval_env, **(eval_kwargs or {}))
                     record.update({f"eval/{k}": v for k, v in evaluation.items()})
                     recorder.text("eval/completions", shown, self.step)
                 self.history.append(record)
@@ -485,66 +505,72 @@ class Agent:
 
     # --- persistence --------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Policy (safetensors), extra modules (safetensors) and the config (JSON); on rank 0 only."""
-        if not self.engine.is_main:  # every rank holds the same weights
-            return
+        """Policy (safetensors), extra modules (safetensors) and the config (JSON). Every rank calls it (a
+        sharded model is gathered); rank 0 writes."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.policy.save(directory / "policy")
-        self._save_rest(directory)
+        states = {name: self.engine.full_state_dict(module) for name, module in self._trained.items()}
+        if self.engine.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.policy.save(directory / "policy", state_dict=states.pop("policy"))
+            for name, state in states.items():
+                save_file({k: v.contiguous() for k, v in state.items()}, str(directory / f"{name}.safetensors"))
+            self._write_meta(directory)
+        self.engine.barrier()
 
-    def _save_rest(self, directory: Path) -> None:
-        for name, module in self.modules().items():
-            save_model(module, str(directory / f"{name}.safetensors"))
+    def _write_meta(self, directory: Path) -> None:
         meta = {"algorithm": self.name, "config": self.config.to_dict(), "step": self.step,
                 "state": self.state()}
         (directory / "agent.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | None = None) -> Agent:
+    def load(cls, directory: str | Path, device: str | None = None, engine: Engine | None = None) -> Agent:
         """Rebuild a saved agent; ``Agent.load`` dispatches on the saved algorithm name."""
         directory = Path(directory)
         meta = _read_meta(directory)
         algo = get_algorithm(meta["algorithm"]) if cls is Agent else cls
         with reading(directory / "policy" / "model.safetensors"):
             policy = Policy.from_pretrained(directory / "policy", device=device)
-        agent = algo(policy, algo.config_class.from_dict(meta["config"], where=str(directory / "agent.json")))
-        agent._load_modules(directory)
+        config = algo.config_class.from_dict(meta["config"], where=str(directory / "agent.json"))
+        agent = algo(policy, config, engine=engine)
+        for name, module in agent._trained.items():
+            if name != "policy":
+                with reading(path := directory / f"{name}.safetensors"):
+                    agent.engine.load_full_state_dict(module, load_file(str(path), device=str(policy.device)))
         agent.step = meta["step"]
         agent.load_state(meta.get("state", {}))
         return agent
 
-    def _load_modules(self, directory: Path) -> None:
-        for name, module in self.modules().items():
-            with reading(path := directory / f"{name}.safetensors"):
-                load_model(module, str(path), device=str(self.policy.device))
+    def _frozen(self) -> dict[str, torch.nn.Module]:
+        """Modules a checkpoint holds whole although they do not train: the reference copy, if one was made."""
+        reference = self.policy._reference
+        return {"reference": reference.model} if reference is not None and not reference._adapter_off else {}
 
     def save_checkpoint(self, directory: str | Path) -> None:
-        """Everything ``learn`` needs to resume; written to a temp dir, then renamed into place (rank 0 only)."""
-        if not self.engine.is_main:
-            return
+        """Everything ``learn`` needs to resume: each rank writes its shard of the trained weights, the
+        reference copy and the optimiser state (``state/``, safetensors through ``torch.distributed.checkpoint``),
+        rank 0 the config, step and history; written to a temp dir, then renamed into place."""
         directory = Path(directory)
         tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.policy.save_checkpoint(tmp / "policy")
-        self._save_rest(tmp)
-        torch.save({"optimizer": self.optimizer.state_dict()},
-                   tmp / "optimizer.pt")
-        (tmp / "history.json").write_text(json.dumps(self.history))
-        shutil.rmtree(directory, ignore_errors=True)
-        tmp.rename(directory)
+        if self.engine.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.engine.barrier()
+        self.engine.save_state(tmp / "state", self._trained, self._frozen(), self.optimizer)
+        if self.engine.is_main:
+            self._write_meta(tmp)
+            (tmp / "history.json").write_text(json.dumps(self.history))
+            shutil.rmtree(directory, ignore_errors=True)
+            tmp.rename(directory)
+        self.engine.barrier()
 
     def load_checkpoint(self, directory: str | Path) -> None:
+        """Load a checkpoint into this agent in place (every rank, its own shard)."""
         directory = Path(directory)
         meta = _read_meta(directory)
         if meta["algorithm"] != self.name:
             raise ValueError(f"checkpoint {directory} is for {meta['algorithm']!r}, not {self.name!r}")
-        self.policy.load_checkpoint(directory / "policy")
-        self._load_modules(directory)
-        with reading(path := directory / "optimizer.pt"):
-            state = torch.load(path, weights_only=True, map_location=self.policy.device)
-            self.optimizer.load_state_dict(state["optimizer"])
+        with reading(directory / "state"):
+            self.engine.load_state(directory / "state", self._trained, self._frozen(), self.optimizer)
         with reading(path := directory / "history.json"):
             self.history = json.loads(path.read_text())
         self.step = meta["step"]

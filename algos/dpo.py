@@ -35,6 +35,9 @@ class DPOConfig(AgentConfig):
 class DPO(Agent):
     config_class = DPOConfig
 
+    def needs_reference(self) -> bool:
+        return True
+
     def sequence_logps(self, policy: Policy, pairs: EncodedBatch) -> torch.Tensor:
         """``[pairs, 2]`` log-probs (chosen, rejected) of pairs stored as rows 2k, 2k+1, in one forward pass."""
         n = len(pairs) // 2

@@ -40,6 +40,9 @@ class GRPOConfig(AgentConfig):
 class GRPO(Agent):
     config_class = GRPOConfig
 
+    def needs_reference(self) -> bool:
+        return self.config.beta > 0
+
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
         examples = env.sample(cfg.batch_size, rng, "train")

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -153,7 +152,8 @@ class Policy:
     """A causal LM plus tokenizer with the handful of operations alignment algorithms need."""
 
     def __init__(self, model: PreTrainedModel, tokenizer: Any, device: str | torch.device | None = None, *,
-                 chat: bool = False, truncate_prompts: bool = False):
+                 chat: bool = False, truncate_prompts: bool = False, bf16: bool = False,
+                 gradient_checkpointing: bool = False):
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
                 raise ValueError("the tokenizer has neither a pad nor an eos token")
@@ -169,7 +169,16 @@ class Policy:
         self.chat = chat  # apply the chat template to plain-string prompts too (as one user turn)
         self.truncate_prompts = truncate_prompts  # cut prompts from the left to fit the context, else error
         self.max_rows = 64  # rows per forward pass when no gradient is needed (bounds memory)
-        self.autocast: torch.dtype | None = None  # e.g. torch.bfloat16: mixed precision in the forward pass
+        self.bf16 = bf16  # bfloat16 mixed precision in the forward passes (weights stay as loaded)
+        self.autocast: torch.dtype | None = torch.bfloat16 if bf16 else None
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:
+            self._checkpoint_activations()
+        # Set by a data-parallel engine: the model as the engine runs its forward passes (DDP's wrapper;
+        # None: the model itself), and whether the model is sharded over ranks (FSDP2). A sharded model
+        # gathers its weights in every forward pass, so every rank runs every decoding step in lock-step.
+        self.wrapped: torch.nn.Module | None = None
+        self.sharded = False
         generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos_token_ids = sorted({tokenizer.eos_token_id, *_as_list(generation_eos)})
 
@@ -178,12 +187,16 @@ class Policy:
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
                         lora: dict[str, Any] | Any = None, chat: bool | None = None,
-                        truncate_prompts: bool | None = None, **model_kwargs: Any) -> Policy:
+                        truncate_prompts: bool | None = None, bf16: bool | None = None,
+                        gradient_checkpointing: bool | None = None, **model_kwargs: Any) -> Policy:
         """Load any HF causal LM by hub name (needs a network) or local path.
 
         ``lora`` (a dict of ``r``, ``alpha``, ``dropout``, ``target_modules``, ... or a ``peft.LoraConfig``)
         adds a LoRA adapter: only its weights train. A directory saved from a LoRA policy holds the adapter
-        and is loaded on top of its base model. ``chat`` and ``truncate_prompts`` default to what was saved.
+        and is loaded on top of its base model. ``bf16`` runs the forward passes in bfloat16 mixed precision
+        (autocast; under FSDP2 its mixed-precision policy), ``gradient_checkpointing`` recomputes activations
+        in the backward pass (less memory, more compute). ``chat``, ``truncate_prompts``, ``bf16`` and
+        ``gradient_checkpointing`` default to what was saved.
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
@@ -202,10 +215,10 @@ class Policy:
                 model = peft.PeftModel.from_pretrained(model, name_or_path, is_trainable=True)
             else:
                 model = peft.get_peft_model(model, lora_config(lora))
+        given = {"chat": chat, "truncate_prompts": truncate_prompts, "bf16": bf16,
+                 "gradient_checkpointing": gradient_checkpointing}
         return cls(model, tokenizer, device=device,
-                   chat=settings.get("chat", False) if chat is None else chat,
-                   truncate_prompts=settings.get("truncate_prompts", False) if truncate_prompts is None
-                   else truncate_prompts)
+                   **{k: settings.get(k, False) if v is None else v for k, v in given.items()})
 
     @classmethod
     def tiny(cls, task: Any, recipe: Any = None, *, cache_dir: str | Path | None = None,
@@ -216,15 +229,18 @@ class Policy:
         path = pretrain_tiny(task, recipe, cache_dir=cache_dir, progress=progress)
         return cls.from_pretrained(path, device=device)
 
-    def save(self, directory: str | Path) -> None:
+    def save(self, directory: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
         """Model (safetensors; only the adapter under LoRA) and tokenizer, loadable by ``from_pretrained``
-        or any HF tool, plus the prompt settings (``policy.json``)."""
+        or any HF tool, plus the prompt and run settings (``policy.json``). ``state_dict`` is the model's
+        whole state dict when the model holds only a shard of it (``Engine.full_state_dict``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with _quiet():
-            self.model.save_pretrained(directory, safe_serialization=True)
+            self.model.save_pretrained(directory, safe_serialization=True, state_dict=state_dict)
         self.tokenizer.save_pretrained(directory)
-        (directory / SETTINGS).write_text(json.dumps({"chat": self.chat, "truncate_prompts": self.truncate_prompts}))
+        settings = {"chat": self.chat, "truncate_prompts": self.truncate_prompts, "bf16": self.bf16,
+                    "gradient_checkpointing": self.gradient_checkpointing}
+        (directory / SETTINGS).write_text(json.dumps(settings))
 
     @property
     def is_lora(self) -> bool:
@@ -235,36 +251,27 @@ class Policy:
         if not self.is_lora:
             raise ValueError("merge() needs a LoRA policy; this one has no adapter")
         model = copy.deepcopy(self.model).merge_and_unload()
-        return Policy(model, self.tokenizer, device=self.device, chat=self.chat, truncate_prompts=self.truncate_prompts)
+        return Policy(model, self.tokenizer, device=self.device, chat=self.chat, truncate_prompts=self.truncate_prompts,
+                      bf16=self.bf16)
 
     load = from_pretrained
-
-    def save_checkpoint(self, directory: str | Path) -> None:
-        """``save`` plus what resuming needs besides: the reference policy's weights when it is a copy."""
-        self.save(directory)
-        if self._reference is not None and not self._reference._adapter_off:
-            save_model(self._reference.model, str(Path(directory) / "reference.safetensors"))
-
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Load weights written by ``save_checkpoint`` into this policy (and its reference) in place."""
-        directory = Path(directory)
-        single = directory / "model.safetensors"
-        with reading(single if single.exists() else directory):
-            self.model.load_state_dict(Policy.from_pretrained(directory, device=self.device).model.state_dict())
-        if (path := directory / "reference.safetensors").exists():
-            with reading(path):
-                load_model(self.reference().model, str(path), device=str(self.device))
 
     def reference(self) -> Policy:
         """The frozen reference policy (KL terms, DPO), made at the first call: under LoRA the same model
         with the adapter switched off (no second copy in memory, as TRL does), else a copy of the weights
-        at that moment that never trains. It scores with this policy's precision and prompt settings."""
+        at that moment that never trains. It scores with this policy's precision and prompt settings.
+        Under a sharded model the copy must exist before the engine shards it (an Agent whose
+        ``needs_reference()`` is True makes it first), so that the copy is sharded too."""
         if self._reference is None:
             reference = copy.copy(self)
             if self.is_lora:
                 reference._adapter_off = True
             else:
+                if self.sharded:
+                    raise RuntimeError("the reference copy of a sharded model must be made before it is sharded: "
+                                       "have the Agent's needs_reference() return True")
                 reference.model = copy.deepcopy(self.model).requires_grad_(False)
+                reference.wrapped = None
             self._reference = reference
         return self._reference
 
@@ -272,7 +279,7 @@ class Policy:
         """The trainable parameters (only the adapter's under LoRA; none for the reference)."""
         return [] if self._adapter_off else [p for p in self.model.parameters() if p.requires_grad]
 
-    def gradient_checkpointing(self) -> None:
+    def _checkpoint_activations(self) -> None:
         """Recompute activations in the backward pass instead of storing them. HF models only checkpoint
         in train mode, so the model goes to train mode with every dropout forced off: log-probs at
         sampling and at update time stay the same numbers."""
@@ -379,7 +386,8 @@ class Policy:
         sampling defaults the model's generation config carries, so algorithms score exactly the
         distribution they sampled from; the model's EOS ids are honoured. ``batch_size`` prompts go
         through each ``generate`` call; ``seed`` seeds the first call, or, as a list, each call (so a
-        chunk's samples do not depend on the chunks before it).
+        chunk's samples do not depend on the chunks before it). Under a sharded model every
+        rank runs every decoding step until all ranks are done, so ranks may finish at different lengths.
         """
         prompts = list(prompts)
         if not prompts:
@@ -418,7 +426,8 @@ class Policy:
                 if chunk_seed is not None:
                     torch.manual_seed(chunk_seed)
                 ids, mask = self.encode_prompts(prompts[start:start + chunk], room=max_new_tokens)
-                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+                seqs = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                           synced_gpus=self.sharded)
                 outputs.append((ids, mask, seqs[:, ids.shape[1]:]))
         return self._samples(prompts, num_samples, outputs)
 
@@ -490,9 +499,10 @@ class Policy:
         adapter_off = self.model.disable_adapter() if self._adapter_off else contextlib.nullcontext()
         precision = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
                                    enabled=self.autocast is not None)
+        model = self.model if self.wrapped is None else self.wrapped
         with adapter_off, precision:
             # Logits only at the T positions that predict completion tokens (not over the prompt).
-            out = self.model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+            out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                              output_hidden_states=hidden, use_cache=False, logits_to_keep=T + 1)
         logits = out.logits[:, :T].float()
         if temperature != 1.0:

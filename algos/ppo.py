@@ -50,6 +50,9 @@ class PPOConfig(AgentConfig):
 class PPO(Agent):
     config_class = PPOConfig
 
+    def needs_reference(self) -> bool:
+        return True
+
     def setup(self) -> None:
         hidden = self.policy.model.config.hidden_size
         self.value_head = torch.nn.Linear(hidden, 1).to(self.policy.device)

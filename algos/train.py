@@ -2,12 +2,14 @@
 
     python -m algos.train grao --env textenv/Arithmetic-v0 --steps 100 --out runs/grao --set group_size=8
     torchrun --nproc_per_node 2 -m algos.train grao --env textenv/Arithmetic-v0 --steps 100 --out runs/grao
+    torchrun --nproc_per_node 8 -m algos.train grao --engine fsdp --model Qwen/Qwen2.5-7B-Instruct --bf16 ...
     accelerate launch --multi_gpu --num_processes 2 -m algos.train grao ...
 
-On several processes the run is data-parallel (``algos.distributed``): the same global batch of
-``batch_size`` prompts per step, shared out by rank. Rank 0 alone writes ``OUT/final`` (the
-``Agent.save`` format: ``algos.Agent.load(OUT / "final")``), ``OUT/history.jsonl``, the TensorBoard
-logs in ``OUT`` and, with ``--checkpoint-every``, ``OUT/checkpoints/step-N`` (``--resume`` one of them).
+On several processes the run is data-parallel (``algos.engine``; ``--engine ddp``, the default, or
+``fsdp``): the same global batch of ``batch_size`` prompts per step, shared out by rank. Rank 0 alone
+writes ``OUT/final`` (the ``Agent.save`` format: ``algos.Agent.load(OUT / "final")``),
+``OUT/history.jsonl`` and the TensorBoard logs in ``OUT``; with ``--checkpoint-every`` every rank writes
+its shard of ``OUT/checkpoints/step-N`` (``--resume`` one of them).
 ``--set key=value`` values are JSON or TOML literals (``1e-4``, ``true``, ``null``, ``"text"``) or else
 the bare text; they are parsed, never evaluated, and an unknown key is an error listing the valid ones.
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import textenv
-from algos import distributed
+from algos import engine as engines
 from algos.agent import AlgorithmNotFound, ConfigError, list_algorithms, make
 from algos.policy import Policy
+from algos.tiny import pretrain_tiny
 
 
 def parse_value(text: str) -> Any:
@@ -68,27 +71,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-prompts", type=int, default=64, help="prompts of the eval split per evaluation")
     parser.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: never)")
     parser.add_argument("--resume", type=Path, help="a checkpoint directory to continue from")
+    parser.add_argument("--engine", choices=["ddp", "fsdp"],
+                        help="how several processes train: ddp (every rank holds the model; the default) or fsdp "
+                             "(FSDP2: parameters, gradients and optimiser state sharded over ranks)")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 mixed precision in the forward passes")
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="recompute activations in the backward pass (less memory, more compute)")
     parser.add_argument("--device", help="torch device (default: this process's GPU, else the CPU)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
-def load_policy(model: str, env: Any, engine: distributed.Engine, device: str | Any) -> Policy:
+def load_policy(model: str, env: Any, engine: engines.Engine, device: str | Any, **options: Any) -> Policy:
     if model != "tiny":
-        return Policy.from_pretrained(model, device=device)
+        return Policy.from_pretrained(model, device=device, **options)
     with engine.main_first():  # rank 0 pretrains (or finds the cache); the others then read it
-        return Policy.tiny(textenv.batched(env).task, device=device, progress=engine.is_main)
+        path = pretrain_tiny(textenv.batched(env).task, progress=engine.is_main)
+    return Policy.from_pretrained(path, device=device, **options)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    engine = distributed.current()
+    engines.init_process_group()  # from torchrun's / accelerate's environment; nothing on one process
     try:
         env = textenv.make(args.env)
         settings = parse_settings(args.set)
-        agent = make(args.algo, load_policy(args.model, env, engine, args.device or distributed.device()),
-                     **settings)
+        if args.engine is not None:
+            if "engine" in settings:
+                raise ConfigError("give the engine once: --engine or --set engine=...")
+            settings["engine"] = args.engine
+        engine = engines.make_engine(settings.pop("engine", "ddp"))
+        policy = load_policy(args.model, env, engine, args.device or engines.device(), bf16=args.bf16,
+                             gradient_checkpointing=args.gradient_checkpointing)
+        agent = make(args.algo, policy, engine, **settings)
         history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
                               eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
                               log_dir=args.out, checkpoint_every=args.checkpoint_every,
@@ -102,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward/mean", "eval/reward") if k in last)
         print(f"{args.algo}: step {agent.step} on {engine.world_size} process(es); {shown}; "
               f"saved {args.out / 'final'}")
-    distributed.close()
+    engines.close()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ Every error names the file and the offending key. A config looks like::
     [base]
     model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
     # dtype, device, trust_remote_code; chat = true (chat template for plain prompts); truncate_prompts;
+    # bf16 = true (bfloat16 mixed precision); gradient_checkpointing = true (recompute activations);
     # [base.lora] r, alpha, dropout, target_modules: train a LoRA adapter (peft) instead of all weights
 
     [budget]                          # identical for every algorithm
@@ -117,7 +118,8 @@ class BenchConfig:
 
 
 _TOP = {"title", "seeds", "target", "paper_protocol", "base", "budget", "eval", "tasks", "algorithms", "resources"}
-_BASE = {"model", "dtype", "device", "trust_remote_code", "recipe", "chat", "truncate_prompts", "lora"}
+_BASE = {"model", "dtype", "device", "trust_remote_code", "recipe", "chat", "truncate_prompts", "lora", "bf16",
+         "gradient_checkpointing"}
 _LORA = {"r": (int, 1), "alpha": (float, 0), "dropout": (float, 0), "target_modules": (None, None)}
 _TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 # Entry names and task slugs become folders under --out: one plain component, never "..", "/" or "\\".
@@ -200,7 +202,7 @@ def _check_base_options(options: dict[str, Any], where: str) -> None:
 
     from algos.tiny import TinyRecipe
 
-    for key in ("trust_remote_code", "chat", "truncate_prompts"):
+    for key in ("trust_remote_code", "chat", "truncate_prompts", "bf16", "gradient_checkpointing"):
         if key in options:
             _typed(options[key], bool, where, f"[base] {key}")
     if "lora" in options:

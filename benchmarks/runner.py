@@ -138,7 +138,8 @@ def base_policy_path(config: BenchConfig, task: textenv.Task, out: Path) -> str:
 
 
 def load_policy(config: BenchConfig, path: str) -> Policy:
-    keys = {"dtype", "device", "trust_remote_code", "chat", "truncate_prompts", "lora"}
+    keys = {"dtype", "device", "trust_remote_code", "chat", "truncate_prompts", "lora", "bf16",
+            "gradient_checkpointing"}
     options = {k: v for k, v in config.base_options.items() if k in keys}
     return Policy.from_pretrained(path, **options)
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import algos
 import textenv
-from algos import distributed
+from algos import engine as engines
 from algos.train import parse_settings, parse_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,10 +94,10 @@ def model_dir(tmp_path_factory) -> Path:
 def test_each_rank_keeps_its_contiguous_share_of_what_every_rank_draws():
     env = textenv.batched(varied_env())
     drawn = env.sample(4, np.random.default_rng(0))
-    shares = [distributed.Engine(rank, 2).shard(env).sample(4, np.random.default_rng(0)) for rank in (0, 1)]
+    shares = [engines.Engine(rank, 2).shard(env).sample(4, np.random.default_rng(0)) for rank in (0, 1)]
     assert shares[0] + shares[1] == drawn
     with pytest.raises(ValueError, match=r"3 examples of a step cannot be split evenly over 2 processes"):
-        distributed.Engine(0, 2).shard(env).sample(3, np.random.default_rng(0))
+        engines.Engine(0, 2).shard(env).sample(3, np.random.default_rng(0))
 
 
 def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
@@ -107,7 +107,7 @@ def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
                                max_new_tokens=6, generation_chunk=2)
     one = algos.collect(policy, env, examples, settings, np.random.default_rng(5))
     rank1 = algos.collect(policy, env, examples[2:], settings, np.random.default_rng(5),  # rank 1 of 2
-                          offset=distributed.Engine(1, 2).offset_of_share(2))
+                          offset=engines.Engine(1, 2).offset_of_share(2))
     assert rank1.samples.texts == one.samples.texts[4:] and torch.equal(rank1.rewards, one.rewards[2:])
     assert one.samples.texts[:4] != one.samples.texts[4:]
     with pytest.raises(ValueError, match=r"generate\(\) got 1 seeds for 2 chunks of prompts"):
@@ -116,12 +116,12 @@ def test_a_prompt_samples_the_same_on_rank_1_as_on_one_process(model_dir):
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused(model_dir):
     agent = algos.make("grao", algos.Policy.from_pretrained(model_dir), batch_size=3, group_size=2)
-    agent.engine = distributed.Engine(0, 2)  # what two launched processes would see (checked before any message)
+    agent.engine = engines.Engine(0, 2)  # what two launched processes would see (checked before any message)
     with pytest.raises(algos.ConfigError, match=r"GRAOConfig.batch_size \(3\) must be a multiple of the number "
                                                 r"of processes \(2\)"):
         agent.learn(varied_env(), 1, progress=False)
     agent = algos.make("ppo", algos.Policy.from_pretrained(model_dir), batch_size=4, num_minibatches=4)
-    agent.engine = distributed.Engine(1, 2)
+    agent.engine = engines.Engine(1, 2)
     with pytest.raises(algos.ConfigError, match=r"num_minibatches \(4\) must be <= batch_size / processes \(2\)"):
         agent.learn(varied_env(), 1, progress=False)
 
@@ -211,13 +211,14 @@ def _worker(out: Path, model_dir: Path) -> None:
     """Under torchrun: every rank trains each case and saves its own weights and history (a test's view;
     the library itself writes on rank 0 only)."""
     torch.set_num_threads(1)
-    rank = distributed.current().rank
+    engines.init_process_group()
+    rank = torch.distributed.get_rank()
     for case in CASES:
         agent = train_case(case, model_dir, log_dir=out / f"logs-rank{rank}" if case == "sft" else None)
         save_file(trained(agent), out / f"{case}-rank{rank}.safetensors")
         (out / f"{case}-rank{rank}.json").write_text(json.dumps(agent.history))
     agent.save(out / f"saved-rank{rank}")
-    distributed.close()
+    engines.close()
 
 
 if __name__ == "__main__":

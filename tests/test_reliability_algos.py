@@ -54,20 +54,27 @@ def test_generate_refuses_bad_sampling_settings(kwargs, message):
         random_policy().generate(["1+1="], max_new_tokens=2, **kwargs)
 
 
-@pytest.mark.parametrize("broken", ["agent.json", "optimizer.pt", "history.json", "policy/model.safetensors",
-                                    "policy/reference.safetensors", "value_head.safetensors"])
+@pytest.mark.parametrize("broken", ["agent.json", "history.json", "state"])
 def test_a_checkpoint_file_that_fails_to_decode_is_named(tmp_path, env, broken):
     kw = {"batch_size": 2, "group_size": 2, "max_new_tokens": 3}
     algos.make("ppo", random_policy(), **kw).learn(env, 1, checkpoint_every=1, checkpoint_dir=tmp_path,
                                                    progress=False)
     path = tmp_path / "step-1" / broken
     assert path.exists()
-    path.write_bytes(np.random.default_rng(0).bytes(64))
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:  # the sharded state: every shard
+        file.write_bytes(np.random.default_rng(0).bytes(64))
     with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
         algos.make("ppo", random_policy(), **kw).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
-    if broken in {"agent.json", "policy/model.safetensors", "value_head.safetensors"}:
-        with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
-            algos.Agent.load(tmp_path / "step-1")
+
+
+@pytest.mark.parametrize("broken", ["agent.json", "policy/model.safetensors", "value_head.safetensors"])
+def test_a_saved_agent_file_that_fails_to_decode_is_named(tmp_path, env, broken):
+    agent = algos.make("ppo", random_policy(), batch_size=2, group_size=2, max_new_tokens=3)
+    agent.save(tmp_path / "saved")
+    path = tmp_path / "saved" / broken
+    path.write_bytes(np.random.default_rng(0).bytes(64))
+    with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
+        algos.Agent.load(tmp_path / "saved")
 
 
 def test_training_honours_reward_wrappers(env):
