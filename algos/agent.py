@@ -517,6 +517,14 @@ class Agent:
             self._write_meta(directory)
         self.engine.barrier()
 
+    def save_merged(self, directory: str | Path) -> None:
+        """The policy with its LoRA adapter merged into the weights, as a plain HF model (safetensors) to export
+        or serve. Every rank calls it (a sharded model is gathered); rank 0 merges and writes."""
+        state = self.engine.full_state_dict(self.policy.model) if self.policy.sharded else None
+        if self.engine.is_main:
+            self.policy.merge(state).save(directory)
+        self.engine.barrier()
+
     def _write_meta(self, directory: Path) -> None:
         meta = {"algorithm": self.name, "config": self.config.to_dict(), "step": self.step,
                 "state": self.state()}

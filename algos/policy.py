@@ -246,13 +246,35 @@ class Policy:
     def is_lora(self) -> bool:
         return hasattr(self.model, "disable_adapter") and hasattr(self.model, "peft_config")
 
-    def merge(self) -> Policy:
-        """A plain policy with the LoRA adapter merged into the weights (to export or serve)."""
+    def merge(self, state_dict: dict[str, torch.Tensor] | None = None) -> Policy:
+        """A plain policy with the LoRA adapter merged into the weights (to export or serve), on the CPU when
+        the model is sharded. A sharded model needs its whole ``state_dict`` (``Engine.full_state_dict``,
+        gathered on rank 0, which alone merges: ``Agent.save_merged`` does both)."""
         if not self.is_lora:
             raise ValueError("merge() needs a LoRA policy; this one has no adapter")
-        model = copy.deepcopy(self.model).merge_and_unload()
-        return Policy(model, self.tokenizer, device=self.device, chat=self.chat, truncate_prompts=self.truncate_prompts,
-                      bf16=self.bf16)
+        if state_dict is None:
+            if self.sharded:
+                raise ValueError("merge() of a sharded model needs its whole state_dict (Engine.full_state_dict)")
+            model = copy.deepcopy(self.model)
+        else:
+            model = self._unsharded_copy(state_dict)
+        model = model.merge_and_unload()
+        return Policy(model, self.tokenizer, device=self.device if state_dict is None else "cpu", chat=self.chat,
+                      truncate_prompts=self.truncate_prompts, bf16=self.bf16)
+
+    def _unsharded_copy(self, state_dict: dict[str, torch.Tensor]) -> PreTrainedModel:
+        """This model's architecture on the CPU holding ``state_dict``: built empty (no initialisation), the
+        state dict's tensors put in place, and the buffers no state dict holds (rotary tables) copied over."""
+        peft = _peft()
+        with torch.device("meta"):
+            base = AutoModelForCausalLM.from_config(self.model.get_base_model().config)
+            model = peft.get_peft_model(base, self.model.peft_config["default"])
+        model = model.to_empty(device="cpu")
+        model.load_state_dict(state_dict, assign=True)
+        with torch.no_grad():
+            for name, buffer in self.model.named_buffers():
+                model.get_buffer(name).copy_(buffer)
+        return model.eval()
 
     load = from_pretrained
 
@@ -505,8 +527,8 @@ class Policy:
             out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
                              output_hidden_states=hidden, use_cache=False, logits_to_keep=T + 1)
         logits = out.logits[:, :T].float()
-        if temperature != 1.0:
-            logits = logits.div_(temperature)  # in place: no second [M, T, vocab] tensor
+        if temperature != 1.0:  # in place (no second [M, T, vocab] tensor), but never on a sharded model's output
+            logits = logits / temperature if self.sharded else logits.div_(temperature)  # (FSDP hooks it for backward)
         token_logps = selective_log_softmax(logits, batch.completion_ids) * batch.completion_mask
         return token_logps, out.hidden_states[-1][:, P - 1:P - 1 + T] if hidden else None
 

@@ -1,8 +1,11 @@
-"""One training run on two processes (CPU, gloo) equals the one-process run with the same global batch.
+"""One training run on two processes (CPU, gloo) equals the one-process run with the same global batch,
+under both data-parallel engines (DDP and FSDP2).
 
 The two-process runs are real launches (``torchrun``, ``accelerate launch``) of this file as a worker
-and of ``python -m algos.train``; the one-process references run in this process. Tiny random models
-and 2 steps keep the whole module under a minute or so on two cores.
+(one launch per engine, every algorithm inside it) and of ``python -m algos.train``; the one-process
+references run in this process. Tiny random models and 2 steps keep the whole module to a few minutes
+on two busy cores. Float sums differ between one process and two (and between machines and thread
+counts), so weights are compared within tolerances measured here, never against recorded numbers.
 """
 
 import json
@@ -25,17 +28,25 @@ from algos.train import parse_settings, parse_value
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-COMMON = {"batch_size": 4, "max_new_tokens": 4, "seed": 1}
+COMMON = {"batch_size": 4, "max_new_tokens": 4, "seed": 1, "micro_batch_size": 1}  # 2 micro-batches per rank
 ONLINE = {"group_size": 3, "generation_chunk": 2}  # chunks of batch_size / 2: samples as on one process
-# Each case exercises a batch-wide statistic or the step's machinery on two processes.
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+# Each case exercises a batch-wide statistic, the reference policy or the step's machinery on two processes.
 CASES = {
-    "sft": ("sft", {"micro_batch_size": 1}),
-    "dpo": ("dpo", {}),
+    "sft": ("sft", {}),
+    "dpo": ("dpo", {}),  # the reference is a frozen copy (sharded under FSDP2)
+    "dpo_lora": ("dpo", {}),  # the reference is the adapter switched off
     "grpo": ("grpo", {**ONLINE, "scale_rewards": "batch", "num_iterations": 2}),
-    "grao": ("grao", {**ONLINE, "micro_batch_size": 1}),
+    "grao": ("grao", ONLINE),
     "ppo": ("ppo", {**ONLINE, "whiten_rewards": True, "target_kl": 0.01, "kl_horizon": 10, "num_minibatches": 1}),
 }
 STEPS = 2
+# Measured here (torch 2.13 CPU, gloo, 1 thread per process): two processes against one after 2 steps at
+# lr 1e-4, largest difference over all weights of all cases: DDP 6e-8, FSDP2 1.8e-7 (GRPO; the gradient norm,
+# too, is summed shard by shard there). Adam moves a weight by about lr per step and turns summation noise
+# into up to ~lr * noise / |g| on weights whose gradient is near 0; the bound, ten times the largest seen,
+# is still a hundredth of one step, so a wrong gradient (a missing rank, a doubled one) fails it by far.
+TOLERANCE = {"ddp": 2e-6, "fsdp": 2e-6}
 
 
 def varied_env() -> textenv.TextGenEnv:
@@ -49,15 +60,17 @@ def varied_env() -> textenv.TextGenEnv:
     return textenv.TextGenEnv(textenv.Task("Varied-v0", splits=task.splits, reward=byte_sum))
 
 
-def trained(agent: algos.Agent) -> dict[str, torch.Tensor]:
-    return {str(i): p.detach().clone() for i, p in enumerate(agent._trained_parameters())}
-
-
-def train_case(case: str, model_dir: Path, log_dir: Path | None = None) -> algos.Agent:
+def make_case(case: str, model_dir: Path, engine: engines.Engine | None = None) -> algos.Agent:
     name, config = CASES[case]
-    agent = algos.make(name, algos.Policy.from_pretrained(model_dir), **COMMON, **config)
-    agent.learn(varied_env(), STEPS, progress=False, log_dir=log_dir)
-    return agent
+    torch.manual_seed(0)  # LoRA initialises its A matrices from the global generator
+    policy = algos.Policy.from_pretrained(model_dir, lora=LORA if case.endswith("_lora") else None)
+    return algos.make(name, policy, engine, **COMMON, **config)
+
+
+def full_weights(agent: algos.Agent) -> dict[str, torch.Tensor]:
+    """Every trained module's whole state dict (gathered on rank 0 when sharded; every rank must call it)."""
+    return {f"{name}.{key}": value.detach().clone() for name, module in agent._trained.items()
+            for key, value in agent.engine.full_state_dict(module).items()}
 
 
 def untimed(history: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -72,7 +85,7 @@ def free_port() -> int:
 
 def launch(command: list[str], tmp: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{command} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
 
@@ -88,6 +101,9 @@ def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny-random"
     random_policy().save(path)
     return path
+
+
+GENERATION = {"prompts": [["1+1=", "22+3="], ["7+8=", "9+9="]], "max_new_tokens": [3, 9], "seed": 5}
 
 
 # ------------------------------------------------------------------------------------ without launching
@@ -139,43 +155,106 @@ def test_set_values_are_parsed_as_literals_never_evaluated():
 
 
 # ------------------------------------------------------------------------------------ two processes
-def test_two_processes_train_every_algorithm_as_one_process_does(model_dir, tmp_path):
-    launch(torchrun(str(Path(__file__)), str(tmp_path), str(model_dir)), tmp_path)
+@pytest.fixture(scope="module", params=["ddp", "fsdp"])
+def launched(request, model_dir, tmp_path_factory) -> tuple[str, Path]:
+    """One torchrun launch per engine: every case trained, checkpointed and resumed on two processes."""
+    out = tmp_path_factory.mktemp(request.param)
+    launch(torchrun(str(Path(__file__)), request.param, str(out), str(model_dir)), out)
+    return request.param, out
+
+
+@pytest.fixture(scope="module")
+def one_process(model_dir) -> dict[str, algos.Agent]:
+    """Each case trained on this one process with the same global batch."""
+    agents = {}
     for case in CASES:
-        ranks = [load_file(tmp_path / f"{case}-rank{r}.safetensors") for r in (0, 1)]
-        histories = [json.loads((tmp_path / f"{case}-rank{r}.json").read_text()) for r in (0, 1)]
-        one = train_case(case, model_dir)
-        for key, value in trained(one).items():
-            assert torch.equal(ranks[0][key], ranks[1][key]), f"{case}: ranks differ in parameter {key}"
-            # Float summation order differs across ranks; Adam turns a gradient's noise into up to ~lr * noise/|g|
-            # on parameters whose gradient is near 0, so the weights agree to a small fraction of one step (lr 1e-4).
-            assert torch.allclose(ranks[0][key], value, rtol=0, atol=1e-5), \
-                f"{case}: parameter {key} differs from one process by {(ranks[0][key] - value).abs().max()}"
-        for got, want in zip(histories[0], one.history, strict=True):
-            assert got.keys() == want.keys()
+        agents[case] = make_case(case, model_dir)
+        agents[case].learn(varied_env(), STEPS, progress=False)
+    return agents
+
+
+def test_two_processes_train_every_algorithm_as_one_process_does(launched, one_process):
+    engine, out = launched
+    for case, one in one_process.items():
+        two = load_file(out / f"{case}.safetensors")
+        want = full_weights(one)
+        assert two.keys() == want.keys(), case
+        for key, value in want.items():
+            assert torch.allclose(two[key], value, rtol=0, atol=TOLERANCE[engine]), \
+                f"{engine}/{case}: {key} differs from one process by {(two[key] - value).abs().max():.3g}"
+        start = full_weights(make_case(case, one_process_model_dir(one)))
+        assert any(not torch.equal(want[key], start[key]) for key in want), f"{case}: nothing trained"
+        histories = [json.loads((out / f"{case}-rank{r}.json").read_text())["history"] for r in (0, 1)]
+        for got, expected in zip(histories[0], one.history, strict=True):
+            assert got.keys() == expected.keys()
             for key in ("loss", "grad_norm", "tokens/trained", "reward/mean", "kl_coef", "nll"):
-                if key in want:
-                    assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), f"{case}: {key}"
-        assert untimed(histories[0]) == untimed(histories[1]), f"{case}: ranks logged different records"
-    # Each rank was asked to write to its own folder; only rank 0 did.
-    assert (tmp_path / "logs-rank0" / "history.jsonl").exists() and (tmp_path / "saved-rank0" / "agent.json").exists()
-    assert not (tmp_path / "logs-rank1").exists() and not (tmp_path / "saved-rank1").exists()
+                if key in expected:
+                    assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), f"{engine}/{case}: {key}"
+        assert untimed(histories[0]) == untimed(histories[1]), f"{engine}/{case}: ranks logged different records"
+
+
+def one_process_model_dir(agent: algos.Agent) -> Path:
+    return Path(agent.policy.model.config._name_or_path)
+
+
+def test_resume_from_a_two_process_checkpoint_ends_where_the_uninterrupted_run_ends(launched):
+    engine, out = launched
+    for case in CASES:
+        uninterrupted, resumed = (load_file(out / f"{case}{suffix}.safetensors") for suffix in ("", "-resumed"))
+        for key, value in uninterrupted.items():
+            assert torch.equal(resumed[key], value), f"{engine}/{case}: {key} differs after resuming"
+
+
+def test_each_rank_holds_half_the_parameters_and_adam_state_under_fsdp2_and_all_under_ddp(launched):
+    engine, out = launched
+    for case in CASES:
+        shards = [json.loads((out / f"{case}-rank{r}.json").read_text())["shards"] for r in (0, 1)]
+        for what in ("parameters", "optimizer_state"):
+            total, local = shards[0][what]["total"], [s[what]["local"] for s in shards]
+            assert sum(local) == (total if engine == "fsdp" else 2 * total), f"{engine}/{case}: {what}"
+            if engine == "fsdp":  # uneven rows are padded; a value head's single row sits on one rank
+                assert all(abs(n - total / 2) <= 0.02 * total for n in local), f"{case}: {what} {local} of {total}"
+
+
+def test_a_two_process_lora_policy_merges_into_a_plain_model_on_rank_0(launched, model_dir):
+    engine, out = launched
+    trained = make_case("dpo_lora", model_dir).policy
+    trained.model.load_state_dict({k.removeprefix("policy."): v for k, v in
+                                   load_file(out / "dpo_lora.safetensors").items()})
+    merged = algos.Policy.from_pretrained(out / "merged")
+    assert not merged.is_lora and not any(out.glob("merged/adapter*"))
+    batch = trained.encode(["1+1=", "7+8="], ["2", "15"])
+    with torch.no_grad():
+        torch.testing.assert_close(merged.logprobs(batch), trained.logprobs(batch), rtol=1e-4, atol=1e-5)
+
+
+def test_generation_in_lock_step_when_ranks_end_at_different_lengths(launched, model_dir):
+    engine, out = launched
+    policy = algos.Policy.from_pretrained(model_dir)
+    for rank in (0, 1):
+        got = json.loads((out / f"generated-rank{rank}.json").read_text())
+        want = policy.generate(GENERATION["prompts"][rank], num_samples=2, temperature=1.0, seed=GENERATION["seed"],
+                               max_new_tokens=GENERATION["max_new_tokens"][rank])
+        assert got["texts"] == want.texts, f"{engine}: rank {rank} sampled otherwise than one process"
+        assert got["width"] == want.completion_ids.shape[1]
+    widths = [json.loads((out / f"generated-rank{rank}.json").read_text())["width"] for rank in (0, 1)]
+    assert widths[0] < widths[1]  # rank 0 finished first and ran rank 1's remaining decoding steps in lock-step
 
 
 TRAIN = ["grao", "--env", "textenv/Arithmetic-v0", "--steps", "2", "--quiet", "--eval-every", "2",
          "--eval-prompts", "4", "--set", "batch_size=4", "--set", "group_size=3", "--set", "max_new_tokens=4",
-         "--set", "generation_chunk=2"]
+         "--set", "generation_chunk=2", "--set", "micro_batch_size=1"]
 
 
 @pytest.fixture(scope="module")
 def torchrun_out(model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("torchrun") / "run"
-    launch(torchrun("-m", "algos.train", *TRAIN, "--model", str(model_dir), "--out", str(out),
+    launch(torchrun("-m", "algos.train", *TRAIN, "--engine", "fsdp", "--model", str(model_dir), "--out", str(out),
                     "--checkpoint-every", "1"), out.parent)
     return out
 
 
-def test_the_trainer_on_two_processes_writes_once_what_one_process_writes(torchrun_out, model_dir, tmp_path):
+def test_the_fsdp_trainer_on_two_processes_writes_once_what_one_process_writes(torchrun_out, model_dir, tmp_path):
     out = torchrun_out
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("events.")) == [
         "checkpoints", "final", "history.jsonl"]
@@ -183,44 +262,75 @@ def test_the_trainer_on_two_processes_writes_once_what_one_process_writes(torchr
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [record["step"] for record in history] == [1, 2]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    shards = sorted(p.name for p in (out / "checkpoints" / "step-1" / "state").iterdir())
+    assert len(shards) == 2 and all(name.endswith(".safetensors") for name in shards)  # one per rank, no pickle
 
     from algos.train import main
     main([*TRAIN, "--model", str(model_dir), "--out", str(tmp_path / "one")])
     one_history = [json.loads(line) for line in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
     evals = [{k: v for k, v in r.items() if k.startswith("eval/")} for r in (history[-1], one_history[-1])]
-    assert evals[0] and evals[0] == pytest.approx(evals[1])  # rank 0 evaluated, as one process does
-    two, one = algos.Agent.load(out / "final"), algos.Agent.load(tmp_path / "one" / "final")
-    assert two.step == one.step == 2
-    for a, b in zip(trained(two).values(), trained(one).values(), strict=True):
-        assert torch.allclose(a, b, rtol=0, atol=2e-6)
+    assert evals[0] and evals[0] == pytest.approx(evals[1])  # every rank evaluated, as one process does
+    two, one = algos.Agent.load(out / "final"), algos.Agent.load(tmp_path / "one" / "final")  # on one process
+    assert two.step == one.step == 2 and two.config.engine == "fsdp"
+    for a, b in zip(full_weights(two).values(), full_weights(one).values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=TOLERANCE["fsdp"])
 
 
-def test_accelerate_launch_resumes_a_two_process_checkpoint_exactly(torchrun_out, model_dir, tmp_path):
+def test_accelerate_launch_resumes_a_two_process_fsdp_checkpoint_exactly(torchrun_out, model_dir, tmp_path):
     out = tmp_path / "resumed"
     launch([str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()),
-            "-m", "algos.train", *TRAIN, "--model", str(model_dir), "--out", str(out),
+            "-m", "algos.train", *TRAIN, "--engine", "fsdp", "--model", str(model_dir), "--out", str(out),
             "--resume", str(torchrun_out / "checkpoints" / "step-1")], tmp_path)
     assert [json.loads(line)["step"] for line in (out / "history.jsonl").read_text().splitlines()] == [2]
     resumed, uninterrupted = algos.Agent.load(out / "final"), algos.Agent.load(torchrun_out / "final")
-    for a, b in zip(trained(resumed).values(), trained(uninterrupted).values(), strict=True):
+    for a, b in zip(full_weights(resumed).values(), full_weights(uninterrupted).values(), strict=True):
         assert torch.equal(a, b)
 
 
-def _worker(out: Path, model_dir: Path) -> None:
-    """Under torchrun: every rank trains each case and saves its own weights and history (a test's view;
-    the library itself writes on rank 0 only)."""
+def _worker(engine_name: str, out: Path, model_dir: Path) -> None:
+    """Under torchrun: each case trained for 2 steps with a checkpoint after each, then resumed from step 1;
+    rank 0 writes both runs' whole weights, every rank its history and shard sizes (a test's view; the
+    library itself writes checkpoint shards on every rank and the rest on rank 0 only). Then each rank
+    samples its own prompts to its own length in lock-step."""
     torch.set_num_threads(1)
     engines.init_process_group()
     rank = torch.distributed.get_rank()
     for case in CASES:
-        agent = train_case(case, model_dir, log_dir=out / f"logs-rank{rank}" if case == "sft" else None)
-        save_file(trained(agent), out / f"{case}-rank{rank}.safetensors")
-        (out / f"{case}-rank{rank}.json").write_text(json.dumps(agent.history))
-    agent.save(out / f"saved-rank{rank}")
+        agent = make_case(case, model_dir, engines.make_engine(engine_name))
+        agent.learn(varied_env(), STEPS, progress=False, checkpoint_every=1, checkpoint_dir=out / f"{case}-ckpt")
+        weights = full_weights(agent)
+        resumed = make_case(case, model_dir, engines.make_engine(engine_name))
+        resumed.learn(varied_env(), STEPS, progress=False, resume_from=out / f"{case}-ckpt" / "step-1")
+        resumed_weights = full_weights(resumed)
+        if rank == 0:
+            save_file(weights, out / f"{case}.safetensors")
+            save_file(resumed_weights, out / f"{case}-resumed.safetensors")
+        (out / f"{case}-rank{rank}.json").write_text(json.dumps({"history": agent.history,
+                                                                 "shards": shard_sizes(agent)}))
+        if case == "dpo_lora":
+            agent.save_merged(out / "merged")
+    policy = make_case("sft", model_dir, engines.make_engine(engine_name)).policy
+    samples = policy.generate(GENERATION["prompts"][rank], num_samples=2, temperature=1.0, seed=GENERATION["seed"],
+                              max_new_tokens=GENERATION["max_new_tokens"][rank])
+    (out / f"generated-rank{rank}.json").write_text(json.dumps({"texts": samples.texts,
+                                                                "width": samples.completion_ids.shape[1]}))
     engines.close()
+
+
+def shard_sizes(agent: algos.Agent) -> dict[str, dict[str, int]]:
+    """Elements of the trained parameters and of the Adam state: in all, and held by this rank."""
+    from torch.distributed.tensor import DTensor
+
+    def local(t: torch.Tensor) -> int:
+        return t.to_local().numel() if isinstance(t, DTensor) else t.numel()
+
+    params = [p for group in agent.optimizer.param_groups for p in group["params"]]
+    states = [t for p in params for k, t in agent.optimizer.state[p].items() if k != "step"]
+    return {"parameters": {"total": sum(p.numel() for p in params), "local": sum(local(p) for p in params)},
+            "optimizer_state": {"total": sum(t.numel() for t in states), "local": sum(local(t) for t in states)}}
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    _worker(Path(sys.argv[1]), Path(sys.argv[2]))
+    _worker(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
