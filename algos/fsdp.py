@@ -11,7 +11,11 @@ under gloo). A forward pass gathers one layer's weights at a time and frees them
 - the reference policy of full fine-tuning is a frozen copy sharded the same way, without optimiser
   state (under LoRA it is the adapter switched off; none is made when the algorithm needs none);
 - saving gathers a full state dict on rank 0, which writes safetensors, and checkpoints are sharded
-  (``torch.distributed.checkpoint``): no rank ever holds the whole optimiser state.
+  (``torch.distributed.checkpoint``): no rank ever holds the whole optimiser state;
+- micro-batches accumulate sharded gradients (a reduce-scatter after each micro-batch's backward), so a
+  rank never holds a full copy of the gradients; ``unsharded_accumulation=True`` reduce-scatters once
+  per step instead (``set_requires_gradient_sync``, FSDP2's ``no_sync``): less communication, at the cost
+  of a full float32 copy of the gradients on every rank.
 
 Gradients are reduce-scattered as a sum (the divide factor set to 1, in sum-only collectives, which gloo
 needs), so the step's gradient is the one-process gradient of the whole batch; parameters that got no
@@ -42,13 +46,14 @@ class FSDP2Engine(Engine):
     """``fully_shard`` on each decoder layer and on the root of the policy's model (and of its reference copy),
     and on each extra trained module (a value head). ``bf16`` policies compute in bfloat16 with float32
     gradient reduction (``MixedPrecisionPolicy``); ``cpu_offload`` keeps the shards, their gradients and
-    the optimiser state in CPU memory (``CPUOffloadPolicy``; the optimiser then steps on the CPU)."""
+    the optimiser state in CPU memory (``CPUOffloadPolicy``; the optimiser then steps on the CPU);
+    ``unsharded_accumulation`` reduces a step's micro-batches once (see the module's docstring)."""
 
     name = "fsdp"
 
-    def __init__(self, *, cpu_offload: bool = False) -> None:
+    def __init__(self, *, cpu_offload: bool = False, unsharded_accumulation: bool = False) -> None:
         super().__init__(*_world())
-        self.cpu_offload = cpu_offload
+        self.cpu_offload, self.unsharded_accumulation = cpu_offload, unsharded_accumulation
         self._roots: list[FSDPModule] = []
 
     def prepare(self, policy: Policy, modules: Modules) -> Modules:
@@ -83,7 +88,7 @@ class FSDP2Engine(Engine):
         return modules
 
     def accumulating(self, sync: bool) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext() if sync else self._without_sync()
+        return self._without_sync() if self.unsharded_accumulation and not sync else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _without_sync(self) -> Iterator[None]:
@@ -112,12 +117,17 @@ class FSDP2Engine(Engine):
 
 def _shard_model(model: torch.nn.Module, shard_layer: Callable[[torch.nn.Module], object],
                  shard_root: Callable[[torch.nn.Module], object]) -> FSDPModule:
-    """Shard each decoder layer (the classes HF names in ``_no_split_modules``), then the root."""
+    """Shard each decoder layer (the classes HF names in ``_no_split_modules``) and, when they are not tied,
+    the input and output embeddings on their own (a large vocabulary's tables are then gathered only while
+    they run: the root's weights stay gathered through the whole step), then the root."""
     names = set(getattr(model, "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     if not layers:
         raise EngineError(f"FSDP2 shards a model layer by layer, but {type(model).__name__} names no decoder layer "
                           f"class in _no_split_modules ({sorted(names)})")
+    embeddings = [model.get_input_embeddings(), model.get_output_embeddings()]
+    if None not in embeddings and embeddings[0].weight is not embeddings[1].weight:
+        layers += embeddings
     _broadcast(model)
     for module in layers:
         shard_layer(module)

@@ -42,10 +42,11 @@ CASES = {
 }
 STEPS = 2
 # Measured here (torch 2.13 CPU, gloo, 1 thread per process): two processes against one after 2 steps at
-# lr 1e-4, largest difference over all weights of all cases: DDP 6e-8, FSDP2 1.8e-7 (GRPO; the gradient norm,
-# too, is summed shard by shard there). Adam moves a weight by about lr per step and turns summation noise
-# into up to ~lr * noise / |g| on weights whose gradient is near 0; the bound, ten times the largest seen,
-# is still a hundredth of one step, so a wrong gradient (a missing rank, a doubled one) fails it by far.
+# lr 1e-4, the largest difference over all weights of all cases: DDP 6e-8, FSDP2 2.8e-7 (GRPO: micro-batch
+# gradients are reduce-scattered one by one, and the gradient norm is summed shard by shard). Adam moves a
+# weight by about lr per step and turns summation noise into up to ~lr * noise / |g| on weights whose
+# gradient is near 0; the bound, several times the largest seen, is still a fiftieth of one step, so a
+# wrong gradient (a missing rank, a doubled one) fails it by far.
 TOLERANCE = {"ddp": 2e-6, "fsdp": 2e-6}
 
 
@@ -197,6 +198,15 @@ def one_process_model_dir(agent: algos.Agent) -> Path:
     return Path(agent.policy.model.config._name_or_path)
 
 
+def test_fsdp2_accumulating_unsharded_gradients_trains_as_one_process(launched, one_process):
+    engine, out = launched
+    if engine != "fsdp":
+        pytest.skip("an FSDP2 option")
+    two, want = load_file(out / "sft-unsharded-accumulation.safetensors"), full_weights(one_process["sft"])
+    for key, value in want.items():
+        assert torch.allclose(two[key], value, rtol=0, atol=TOLERANCE[engine]), key
+
+
 def test_resume_from_a_two_process_checkpoint_ends_where_the_uninterrupted_run_ends(launched):
     engine, out = launched
     for case in CASES:
@@ -239,6 +249,13 @@ def test_generation_in_lock_step_when_ranks_end_at_different_lengths(launched, m
         assert got["width"] == want.completion_ids.shape[1]
     widths = [json.loads((out / f"generated-rank{rank}.json").read_text())["width"] for rank in (0, 1)]
     assert widths[0] < widths[1]  # rank 0 finished first and ran rank 1's remaining decoding steps in lock-step
+
+
+def test_the_gpu_check_runs_its_parity_checks_on_the_cpu(tmp_path):
+    """benchmarks.gpu_check is meant for a CUDA host (NCCL); its CPU dry run keeps it from rotting here."""
+    done = launch([sys.executable, "-m", "benchmarks.gpu_check", "--device", "cpu", "--skip-memory"], tmp_path)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "True" in line]
+    assert len(rows) == 15, done.stdout  # 5 algorithms x (one process, DDP, FSDP2), each resumed bitwise
 
 
 TRAIN = ["grao", "--env", "textenv/Arithmetic-v0", "--steps", "2", "--quiet", "--eval-every", "2",
@@ -310,6 +327,14 @@ def _worker(engine_name: str, out: Path, model_dir: Path) -> None:
                                                                  "shards": shard_sizes(agent)}))
         if case == "dpo_lora":
             agent.save_merged(out / "merged")
+    if engine_name == "fsdp":  # micro-batch gradients accumulated unsharded, reduce-scattered once per step
+        from algos.fsdp import FSDP2Engine
+
+        agent = make_case("sft", model_dir, FSDP2Engine(unsharded_accumulation=True))
+        agent.learn(varied_env(), STEPS, progress=False)
+        weights = full_weights(agent)
+        if rank == 0:
+            save_file(weights, out / "sft-unsharded-accumulation.safetensors")
     policy = make_case("sft", model_dir, engines.make_engine(engine_name)).policy
     samples = policy.generate(GENERATION["prompts"][rank], num_samples=2, temperature=1.0, seed=GENERATION["seed"],
                               max_new_tokens=GENERATION["max_new_tokens"][rank])
