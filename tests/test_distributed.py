@@ -104,6 +104,28 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
+class Gate(torch.nn.Module):
+    """A head whose second layer only some ranks use: its parameters get no gradient on the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.first, self.second = torch.nn.Linear(32, 1), torch.nn.Linear(32, 1)
+
+    def forward(self, hidden: torch.Tensor, both: bool) -> torch.Tensor:
+        return self.first(hidden) + (self.second(hidden) if both else 0)
+
+
+GATE_BATCHES = [(["1+1="], ["2"]), (["7+8="], ["15"])]  # rank r's batch; rank 0 alone uses Gate.second
+
+
+def gate_gradients(policy: algos.Policy, gate: torch.nn.Module, rank: int) -> None:
+    """Backpropagate rank ``rank``'s loss through the policy and the gate (``gate`` may be an engine's wrapper)."""
+    batch = policy.encode(*GATE_BATCHES[rank])
+    logps, hidden = policy.logprobs_and_hidden(batch)
+    (gate(hidden, both=rank == 0).sum() - logps.sum()).backward()
+
+
 GENERATION = {"prompts": [["1+1=", "22+3="], ["7+8=", "9+9="]], "max_new_tokens": [3, 9], "seed": 5}
 
 
@@ -238,6 +260,21 @@ def test_a_two_process_lora_policy_merges_into_a_plain_model_on_rank_0(launched,
         torch.testing.assert_close(merged.logprobs(batch), trained.logprobs(batch), rtol=1e-4, atol=1e-5)
 
 
+def test_a_parameter_without_a_gradient_on_one_rank_is_reduced_with_zeros(launched, model_dir):
+    engine, out = launched
+    got = load_file(out / "gate-gradients.safetensors")
+    want: dict[str, torch.Tensor] = {}
+    for rank in (0, 1):  # the sum of what each rank's batch gives on one process, second only from rank 0's
+        gate = Gate()
+        gate_gradients(algos.Policy.from_pretrained(model_dir), gate, rank)
+        for name, p in gate.named_parameters():
+            if p.grad is not None:
+                want[name] = want.get(name, 0) + p.grad
+    assert got.keys() == want.keys() == {"first.weight", "first.bias", "second.weight", "second.bias"}
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=f"{engine}: {name}")
+
+
 def test_generation_in_lock_step_when_ranks_end_at_different_lengths(launched, model_dir):
     engine, out = launched
     policy = algos.Policy.from_pretrained(model_dir)
@@ -327,6 +364,15 @@ def _worker(engine_name: str, out: Path, model_dir: Path) -> None:
                                                                  "shards": shard_sizes(agent)}))
         if case == "dpo_lora":
             agent.save_merged(out / "merged")
+    from torch.distributed.tensor import DTensor
+
+    gate, policy = Gate(), algos.Policy.from_pretrained(model_dir)
+    engine = engines.make_engine(engine_name)
+    gate_gradients(policy, engine.prepare(policy, {"gate": gate})["gate"], rank)
+    grads = {name: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+             for name, p in gate.named_parameters()}
+    if rank == 0:
+        save_file(grads, out / "gate-gradients.safetensors")
     if engine_name == "fsdp":  # micro-batch gradients accumulated unsharded, reduce-scattered once per step
         from algos.fsdp import FSDP2Engine
 
