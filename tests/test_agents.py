@@ -85,6 +85,8 @@ def test_every_algorithm_trains_logs_and_round_trips(tmp_path, env, name):
 
 @pytest.mark.parametrize("name", ["grao", "ppo", "dpo"])
 def test_resumed_training_equals_uninterrupted_training(tmp_path, env, name):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     kw = {"batch_size": 4, "max_new_tokens": 4, "seed": 1, **({"group_size": 3} if name != "dpo" else {})}
     straight = algos.make(name, random_policy(), **kw)
     straight.learn(env, 4, progress=False)
@@ -102,6 +104,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, env, name):
 
 
 def test_same_seed_same_numbers(env):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     runs = []
     for _ in range(2):
         agent = algos.make("grao", random_policy(), batch_size=2, group_size=3, max_new_tokens=4, seed=5)

@@ -63,6 +63,8 @@ def test_saved_model_loads_with_auto_classes(task, tmp_path):
 
 
 def test_pretraining_is_deterministic_for_a_seed(task, tmp_path):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     a = _weights(pretrain_tiny(task, SMALL, cache_dir=tmp_path / "a", progress=False))
     b = _weights(pretrain_tiny(task, SMALL, cache_dir=tmp_path / "b", progress=False))
     c = _weights(pretrain_tiny(task, dataclasses.replace(SMALL, seed=1), cache_dir=tmp_path / "c", progress=False))
