@@ -39,6 +39,7 @@ from transformers import get_scheduler
 
 import textenv
 from algos import distributed
+from algos.errors import run_cleanup
 from algos.policy import EncodedBatch, Policy, Prompt, reading
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
@@ -589,11 +590,14 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Close the bar and the logs; if training failed, a failing close (a full disk flushing the logs, say)
+        is a note on that error, never the error the user sees instead."""
+        closers = [(self.bar.close, "closing the progress bar")]
         if self.writer is not None:
-            self.writer.close()
-            self.jsonl.close()
+            closers += [(self.writer.close, "closing the TensorBoard log"), (self.jsonl.close, "closing history.jsonl")]
+        for close, what in closers:
+            run_cleanup(close, what, during=exc)
 
 
 SHOWN_COMPLETIONS = 4  # eval completions logged as TensorBoard text at each evaluation

@@ -19,7 +19,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.rollout import collect
+from algos.rollout import collect, encode_references
 
 
 @dataclass
@@ -53,7 +53,7 @@ class GRAO(Agent):
         cfg = self.config
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True)
-        answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
+        answers = encode_references(self.policy, env, examples)
         stats = {**rollout.stats, "reward/reference_mean": rollout.answer_rewards.mean().item()}
         return Batch(len(examples), stats, samples=rollout.samples.batch, answers=answers,
                      rewards=rollout.rewards, answer_rewards=rollout.answer_rewards)

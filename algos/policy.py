@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from algos.errors import nearest_existing
 from rewards.messages import chat_template_options
 from textenv import message_text
 
@@ -88,6 +90,84 @@ def selective_log_softmax(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tens
 
 class CheckpointError(ValueError):
     """A saved policy, agent or checkpoint cannot be read; the message names the file."""
+
+
+class ContextLengthError(ValueError):
+    """A prompt or completion does not fit the model's context. ``part`` ('prompt' or 'completion') and
+    ``row`` (its row in the batch) let a caller name the example it came from; ``tokens`` is the length
+    needed and ``limit`` the context's."""
+
+    def __init__(self, message: str, part: str, row: int, tokens: int, limit: int):
+        super().__init__(message)
+        self.part, self.row, self.tokens, self.limit = part, row, tokens, limit
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt whole in the parent when a worker process raises it
+        return type(self), (str(self), self.part, self.row, self.tokens, self.limit), self.__dict__
+
+
+class ModelPathError(CheckpointError):
+    """A model name or path names nothing loadable: a local path that does not exist, a folder that is no
+    model (empty, or an agent's), a LoRA adapter whose base model has moved. The message names the path
+    and the fix, where transformers would talk about hub repo ids or tokenizer backends."""
+
+
+def looks_local(name: str | Path) -> bool:
+    """Whether a model name means a local path rather than a hub id.
+
+    Hub ids are ``name`` or ``owner/name``, so the rule is: a ``Path``; anything that exists; a name that
+    starts with ``/``, ``./``, ``../`` or ``~`` (or is ``.`` or ``..``); one with a backslash, a drive or
+    two or more ``/``; an ``owner/name`` whose ``owner`` is an existing local folder. Everything else is
+    a hub id (and left to transformers).
+    """
+    if isinstance(name, Path) or os.path.exists(name):
+        return True
+    text = str(name)
+    parts = text.split("/")
+    return (text in (".", "..") or text.startswith(("/", "./", "../", "~")) or "\\" in text
+            or bool(os.path.splitdrive(text)[0]) or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0])))
+
+
+def check_model_path(name_or_path: str | Path) -> str | Path:
+    """``name_or_path`` as ``from_pretrained`` should load it (``~`` expanded), after checking that a local
+    one is a model: else a :class:`ModelPathError` that says what the path is and what to give instead.
+    A hub id passes unchanged."""
+    if not looks_local(name_or_path):
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelPathError(f"model path {str(name_or_path)!r} does not exist (the nearest existing folder is "
+                             f"{nearest_existing(path)}); check the path, or give a Hugging Face hub id "
+                             f"('name' or 'owner/name')")
+    if not path.is_dir():
+        raise ModelPathError(f"model path {path} is a file; give the folder that holds the model (config.json "
+                             f"and weights, as save_pretrained or Policy.save writes them)")
+    if (adapter := path / "adapter_config.json").is_file():
+        with reading(adapter):
+            base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        where = f"base_model_name_or_path in {adapter}"
+        if looks_local(base) and not Path(base).expanduser().exists():
+            raise ModelPathError(f"{path} is a LoRA adapter whose base model {base} does not exist ({where}): "
+                                 f"move the base model back there, or set base_model_name_or_path to where "
+                                 f"it is now")
+        try:
+            check_model_path(base)
+        except ModelPathError as err:
+            raise ModelPathError(f"{path} is a LoRA adapter on {base} ({where}), which is no model: {err}") \
+                from None
+        return path
+    if (path / "config.json").is_file():
+        return path
+    if (path / "agent.json").is_file():
+        raise ModelPathError(f"{path} is a saved agent (it has agent.json), not a model: load it with "
+                             f"algos.Agent.load({str(path)!r}), or give its policy folder {path / 'policy'} "
+                             f"as the model")
+    contents = sorted(p.name for p in path.iterdir())
+    if not contents:
+        raise ModelPathError(f"{path} is an empty folder, not a model: it needs config.json and weights "
+                             f"(what save_pretrained or Policy.save writes)")
+    shown = ", ".join(contents[:5]) + (f", ... ({len(contents)} entries)" if len(contents) > 5 else "")
+    raise ModelPathError(f"{path} has no config.json, so it is not a saved model (it holds {shown}); give the "
+                         f"folder that save_pretrained or Policy.save wrote")
 
 
 @contextlib.contextmanager
@@ -181,12 +261,17 @@ class Policy:
                         truncate_prompts: bool | None = None, **model_kwargs: Any) -> Policy:
         """Load any HF causal LM by hub name (needs a network) or local path.
 
+        A name that looks like a local path (``looks_local``) is checked first (``check_model_path``): a
+        missing path, a file, an empty or agent folder, or a LoRA adapter whose base has moved is a
+        :class:`ModelPathError` saying so, not transformers' advice about hub ids or tokenizer backends.
+
         ``lora`` (a dict of ``r``, ``alpha``, ``dropout``, ``target_modules``, ... or a ``peft.LoraConfig``)
         adds a LoRA adapter: only its weights train. A directory saved from a LoRA policy holds the adapter
         and is loaded on top of its base model. ``chat`` and ``truncate_prompts`` default to what was saved.
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        name_or_path = check_model_path(name_or_path)  # before transformers turns a bad path into a hub error
         local = Path(name_or_path)
         settings = json.loads((local / SETTINGS).read_text()) if (local / SETTINGS).is_file() else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
@@ -291,11 +376,21 @@ class Policy:
     def encode(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], max_tokens: int | None = None,
                ) -> EncodedBatch:
         """Prompt and completion ids (EOS appended to each completion, cut to ``max_tokens``); prompts are
-        left-truncated to fit the context when ``truncate_prompts``, else an over-long pair is an error."""
+        left-truncated to fit the context when ``truncate_prompts``, else an over-long pair is an error. A
+        completion that alone fills the context is always an error: cutting prompts cannot make it fit."""
         completion_rows = self._completion_rows(completions, max_tokens)
+        limit = self.context_length
+        for j, row in enumerate(completion_rows):
+            if limit is not None and len(row) >= limit:
+                raise ContextLengthError(
+                    f"completion {j} has {len(row)} tokens (EOS included) and its prompt needs at least 1, past "
+                    f"the model's context of {limit} positions; truncate_prompts cannot help (it only cuts prompts): "
+                    f"shorten or leave out that completion, cut completions with max_tokens, or use a model with a "
+                    f"longer context", "completion", j, tokens=len(row), limit=limit)
         longest = max((len(r) for r in completion_rows), default=0)
-        return EncodedBatch(*self._pad(self._prompt_rows(prompts, longest), left=True),
-                            *self._pad(completion_rows, left=False))
+        prompt_rows = self._prompt_rows(prompts, longest, answer="the longest completion of the batch has",
+                                        fixes="shorten it or that completion, or set truncate_prompts")
+        return EncodedBatch(*self._pad(prompt_rows, left=True), *self._pad(completion_rows, left=False))
 
     def encode_prompts(self, prompts: Sequence[Prompt], room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and attention mask, leaving ``room`` positions of context for the answer."""
@@ -306,12 +401,15 @@ class Policy:
         """Right-padded completion ids with EOS appended (cut to ``max_tokens``) and mask."""
         return self._pad(self._completion_rows(completions, max_tokens), left=False)
 
-    def _prompt_rows(self, prompts: Sequence[Prompt], room: int) -> list[list[int]]:
+    def _prompt_rows(self, prompts: Sequence[Prompt], room: int, answer: str = "the answer may take",
+                     fixes: str = "shorten it, lower max_new_tokens, or set truncate_prompts") -> list[list[int]]:
         """Token ids of each prompt: a message list (or, with ``chat``, a string as a user turn) through the
         tokenizer's chat template with the generation prompt; a plain string with BOS first when the
         tokenizer has one. A conversation that ends with an assistant message is continued, as TRL's
         ``apply_chat_template`` does (``continue_final_message=True``, no generation prompt): the message is
-        left open and the completion is the rest of it."""
+        left open and the completion is the rest of it. ``room`` positions stay free for the answer;
+        ``answer`` says what takes them and ``fixes`` what the user can change, in the error for a prompt
+        that does not fit."""
         bos, limit = self.tokenizer.bos_token_id, self.context_length
         rows = []
         for i, prompt in enumerate(prompts):
@@ -327,10 +425,16 @@ class Policy:
                 if bos is not None and (not ids or ids[0] != bos):
                     ids = [bos, *ids]
             if limit is not None and len(ids) + room > limit:
-                if not self.truncate_prompts or room >= limit:
-                    raise ValueError(f"prompt {i} has {len(ids)} tokens and the answer may take {room}, "
-                                     f"{len(ids) + room} in all, past the model's context of {limit} positions; "
-                                     f"shorten it, lower max_new_tokens, or set truncate_prompts")
+                if room >= limit:  # no prompt at all fits, so cutting prompts cannot help
+                    raise ContextLengthError(
+                        f"prompt {i} cannot fit: {answer} {room} tokens, which leaves no room for a prompt in the "
+                        f"model's context of {limit} positions (truncate_prompts cannot help); lower "
+                        f"max_new_tokens", "prompt", i, tokens=len(ids) + room, limit=limit)
+                if not self.truncate_prompts:
+                    raise ContextLengthError(
+                        f"prompt {i} has {len(ids)} tokens and {answer} {room}, {len(ids) + room} in all, past the "
+                        f"model's context of {limit} positions; {fixes}", "prompt", i, tokens=len(ids) + room,
+                        limit=limit)
                 ids = ids[len(ids) + room - limit:]
             rows.append(ids)
         return rows

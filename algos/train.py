@@ -10,6 +10,8 @@ On several processes the run is data-parallel (``algos.distributed``): the same 
 logs in ``OUT`` and, with ``--checkpoint-every``, ``OUT/checkpoints/step-N`` (``--resume`` one of them).
 ``--set key=value`` values are JSON or TOML literals (``1e-4``, ``true``, ``null``, ``"text"``) or else
 the bare text; they are parsed, never evaluated, and an unknown key is an error listing the valid ones.
+Every argument (numbers, ``--set``, ``--resume``, a writable ``--out``) is checked before anything loads,
+and a mistake in the input is one ``error:`` line with exit code 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from typing import Any
 
 import textenv
 from algos import distributed
-from algos.agent import AlgorithmNotFound, ConfigError, list_algorithms, make
-from algos.policy import Policy
+from algos.agent import AlgorithmNotFound, ConfigError, get_algorithm, list_algorithms, make
+from algos.errors import OutputError, check_output_folder, cleanup, error_text
+from algos.policy import CheckpointError, ContextLengthError, Policy
 
 
 def parse_value(text: str) -> Any:
@@ -80,29 +83,65 @@ def load_policy(model: str, env: Any, engine: distributed.Engine, device: str | 
         return Policy.tiny(textenv.batched(env).task, device=device, progress=engine.is_main)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+# What a user's input can get wrong: each becomes "error: <message>" and exit code 2, not a traceback.
+USER_ERRORS = (ConfigError, AlgorithmNotFound, textenv.TaskError, CheckpointError, ContextLengthError, OutputError)
+
+
+def check_resume(path: Path) -> None:
+    """``--resume`` must name a checkpoint folder (``OUT/checkpoints/step-N``), not a missing path or a
+    final agent (``OUT/final`` has no optimizer state to resume)."""
+    hint = "give one of OUT/checkpoints/step-N, written by a run with --checkpoint-every"
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {path}: no such checkpoint folder; {hint}")
+    if not (path / "agent.json").is_file():
+        raise CheckpointError(f"--resume {path}: not a checkpoint (it has no agent.json); {hint}")
+    if not (path / "optimizer.pt").is_file():
+        raise CheckpointError(f"--resume {path}: a saved agent, not a checkpoint (it has no optimizer.pt, so "
+                              f"training cannot continue exactly); {hint}")
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every argument before anything loads (a model or a tiny model's pretraining takes minutes);
+    returns the parsed ``--set`` values. ``--out`` is created here, after everything else passed."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--eval-every", args.eval_every, 0),
+                               ("--eval-prompts", args.eval_prompts, 1),
+                               ("--checkpoint-every", args.checkpoint_every, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    settings = parse_settings(args.set)
+    get_algorithm(args.algo).config_class.from_dict(settings, where="--set")  # unknown keys, bad values
+    if args.resume is not None:
+        check_resume(args.resume)
+    check_output_folder(args.out)
+    return settings
+
+
+def train(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Make the env, load the model, train, save ``OUT/final`` and say where it is."""
     engine = distributed.current()
-    try:
-        env = textenv.make(args.env)
-        settings = parse_settings(args.set)
-        agent = make(args.algo, load_policy(args.model, env, engine, args.device or distributed.device()),
-                     **settings)
-        history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
-                              eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
-                              log_dir=args.out, checkpoint_every=args.checkpoint_every,
-                              checkpoint_dir=args.out / "checkpoints", resume_from=args.resume,
-                              progress=not args.quiet)
-    except (ConfigError, AlgorithmNotFound, textenv.EnvNotFound) as err:
-        parser.error(str(err))
+    env = textenv.make(args.env)
+    agent = make(args.algo, load_policy(args.model, env, engine, args.device or distributed.device()), **settings)
+    history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
+                          eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
+                          log_dir=args.out, checkpoint_every=args.checkpoint_every,
+                          checkpoint_dir=args.out / "checkpoints", resume_from=args.resume, progress=not args.quiet)
     agent.save(args.out / "final")
     if engine.is_main:
         last = history[-1] if history else {}
         shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward/mean", "eval/reward") if k in last)
         print(f"{args.algo}: step {agent.step} on {engine.world_size} process(es); {shown}; "
               f"saved {args.out / 'final'}")
-    distributed.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = check_arguments(args)
+        with cleanup(distributed.close, "closing the process group"):
+            train(args, settings)
+    except USER_ERRORS as err:
+        parser.error(error_text(err))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import torch
 import algos
 import textenv
 from algos import Policy
+from algos.errors import OutputError, cleanup, output_folder_problem, writing
 from benchmarks import executors
 from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
 
@@ -62,13 +63,9 @@ def out_path(out: str | Path, *parts: str) -> Path:
 
 def check_writable(folder: Path) -> None:
     """Fail now, before a cell trains, if its result could not be written afterwards."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"{folder}: cannot write results here ({err}); nothing was trained") from err
+    problem = output_folder_problem(folder)
+    if problem is not None:
+        raise OutputError(f"{folder}: cannot write results here ({problem}); nothing was trained")
 
 
 def set_aside(path: Path, problem: str, then: str) -> None:
@@ -80,17 +77,16 @@ def set_aside(path: Path, problem: str, then: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves the old file and no litter
-        raise
+    with writing(path, "result file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A failed write leaves the old file and no litter (and a failed removal never hides why).
+        with cleanup(lambda: tmp.unlink(missing_ok=True), f"removing the temp file {tmp}", only_on_error=True):
+            with open(tmp, "w") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
 
 
 def read_result(path: Path, key: str) -> dict[str, Any] | None:
@@ -366,7 +362,7 @@ def run(config: BenchConfig, out: str | Path, *, progress: bool = True,
     every other cell has finished if any cell failed.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     write_json_atomic(out_path(out, "config.json"), {"path": config.path, "config": config.raw})
     finished, todo = plan(config, out, log)
     bases = prepare_bases(config, todo, out, log)
