@@ -230,13 +230,13 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     if algo.sft_steps:
         sft = algos.make("sft", policy, seed=seed, batch_size=budget.prompts_per_step,
                          max_new_tokens=budget.max_new_tokens)
-        history += [{**h, "phase": "sft"} for h in sft.learn(env, algo.sft_steps, progress=progress)]
+        history += [{**h, "phase": "sft"} for h in sft.learn(env, max_steps=algo.sft_steps, progress=progress)]
     agent = algos.make(algo.algorithm, policy, **agent_config(algo, budget, seed))
     evaluation = {"num_prompts": config.eval.prompts, "seed": config.eval.seed + seed,
                   "temperature": config.eval.temperature, "top_p": config.eval.top_p}
     log_dir = out_path(out, "tensorboard", slug(task.id), algo.name, f"seed{seed}")
     shutil.rmtree(log_dir, ignore_errors=True)  # a killed or stale attempt's logs must not mix in
-    rl_history = agent.learn(env, budget.steps, eval_env=env, eval_every=config.eval.every,
+    rl_history = agent.learn(env, max_steps=budget.steps, eval_env=env, eval_every=config.eval.every,
                              eval_kwargs=evaluation, log_dir=log_dir, progress=progress)
     # After an SFT warm start the RL steps continue its count, so curves read left to right.
     history += [{**h, "step": h["step"] + algo.sft_steps} for h in rl_history]

@@ -92,7 +92,7 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, env, name):
     first = algos.make(name, random_policy(), **kw)
     first.learn(env, 2, checkpoint_every=2, checkpoint_dir=tmp_path, progress=False)
     resumed = algos.make(name, random_policy(seed=99), **kw)  # different init: resume must overwrite it
-    history = resumed.learn(env, 4, resume_from=tmp_path / "step-2", progress=False)
+    history = resumed.learn(env, max_steps=4, resume_from=tmp_path / "step-2", progress=False)
 
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     for a, b in zip(straight.policy.model.state_dict().values(), resumed.policy.model.state_dict().values(),

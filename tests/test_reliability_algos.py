@@ -40,7 +40,7 @@ def test_config_values_are_refused_naming_the_key(name, config, message):
 @pytest.mark.parametrize("total", [0, -3, 2.5, True, "10"])
 def test_learn_refuses_a_total_that_is_not_a_positive_whole_number(env, total):
     agent = algos.make("sft", random_policy(), batch_size=2)
-    with pytest.raises(ValueError, match=r"learn\(total_steps=.*\) needs a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"learn\(max_steps=.*\) needs a whole number >= 1"):
         agent.learn(env, total, progress=False)
 
 
