@@ -26,6 +26,7 @@ import re
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,8 @@ def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, 
                           meta: Sequence[str] | Mapping[str, str] | None = None,
                           messages: str | None = None) -> list[Example]:
     """Examples from a column table (``{name: values}``); every named column must be present."""
+    check_options(source, {"prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected,
+                           "meta": meta, "messages": messages})
     fields = {**_text_fields(prompt, reference, messages), "chosen": chosen, "rejected": rejected}
     metas = _meta_map(meta)
     wanted = [c for c in fields.values() if c is not None] + list(metas.values())
@@ -94,6 +97,7 @@ def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, 
 
 def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **mapping: Any) -> list[Example]:
     """Examples from row dicts (JSON lines); a column missing from any row is reported with the row."""
+    check_options(source, mapping)
     if not records:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
     names = [c for k, c in mapping.items() if k not in ("meta", "prompt") and c is not None]
@@ -119,8 +123,50 @@ def _lines(f: Any, path: Path) -> Iterable[bytes]:
 
 def check_limit(limit: int | None, source: Any) -> None:
     """``limit`` keeps the first rows: None (all) or an integer >= 0; a negative one would drop from the end."""
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise TaskError(f"{str(source)!r}: limit must be None or an integer >= 0, got {limit!r}")
+    check_options(repr(str(source)), {"limit": limit})
+
+
+def _meta_strings(meta: Any) -> list[Any] | None:
+    """The names a ``meta=`` option is made of (keys and columns), or None when it has no valid shape."""
+    if meta is None or isinstance(meta, str):
+        return [] if meta is None else [meta]
+    if isinstance(meta, Mapping):
+        return [*meta.keys(), *meta.values()]
+    return list(meta) if isinstance(meta, list | tuple) else None
+
+
+def _option_problem(key: str, value: Any, flags: Sequence[str]) -> str | None:
+    """What is wrong with one loader option (None if nothing); see ``check_options`` for the rules."""
+    if key in flags:
+        return None if isinstance(value, bool) else "must be True or False"
+    if key == "limit":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        return None if ok else "must be None or an integer >= 0"
+    if key == "path":
+        return None if isinstance(value, str | PathLike) else "must be a path (str or pathlib.Path)"
+    if key == "meta":
+        names = _meta_strings(value)
+        ok = names is not None and all(isinstance(n, str) for n in names)
+        return None if ok else ("must be None, a column name, a list of column names or a {meta key: column} "
+                                "dict of strings")
+    if key in ("prompt", "split"):
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    return None if value is None or isinstance(value, str) else "must be a string or None"
+
+
+def check_options(where: str, options: Mapping[str, Any], *, flags: Sequence[str] = ()) -> None:
+    """A loader's options, checked before anything is read: a wrong one is a TaskError naming ``where`` (the
+    source) and the option, instead of a raw TypeError deep in the loader or a silently empty column.
+
+    ``prompt`` and ``split`` are non-empty strings; ``path`` a str or ``Path``; ``limit`` None or an integer
+    >= 0; ``meta`` None, a column name, a list of them or a {meta key: column} dict of strings; the options
+    named in ``flags`` True or False; every other one (optional column names, ``messages``, ``data_dir``,
+    ``subset``) a string or None.
+    """
+    for key, value in options.items():
+        problem = _option_problem(key, value, flags)
+        if problem is not None:
+            raise TaskError(f"{where}: {key} {problem}, got {value!r}")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -155,7 +201,8 @@ def load_jsonl(path: str | Path, *, prompt: str = "prompt", reference: str | Non
                meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None,
                messages: str | None = None) -> list[Example]:
     """Examples from a JSON-lines file (``.gz`` too), with the column mapping described in the module doc."""
-    check_limit(limit, path)
+    check_options(repr(str(path)), {"path": path, "prompt": prompt, "reference": reference, "chosen": chosen,
+                                    "rejected": rejected, "meta": meta, "limit": limit, "messages": messages})
     rows = read_jsonl(path)[:limit]
     return examples_from_records(rows, repr(str(path)), prompt=prompt, reference=reference, chosen=chosen,
                                  rejected=rejected, meta=meta, messages=messages)
@@ -209,7 +256,9 @@ def load_hf(source: Any, split: str = "train", *, prompt: str = "prompt", refere
             meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
             limit: int | None = None, messages: str | None = None, **load_kw: Any) -> list[Example]:
     """Examples from a Hugging Face dataset (object, local path or hub name) with a column mapping."""
-    check_limit(limit, source if isinstance(source, str | Path) else "dataset")
+    check_options(repr(str(source)) if isinstance(source, str | Path) else "load_hf(dataset)",
+                  {"split": split, "prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected,
+                   "meta": meta, "data_dir": data_dir, "limit": limit, "messages": messages})
     ds = hf_dataset(source, split, data_dir=data_dir, **load_kw)
     name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
     if limit is not None:
@@ -290,7 +339,9 @@ def load_hh(source: Any, split: str = "train", *, subset: str | None = None, dat
     Each example's ``meta["subset"]`` is ``subset``, or else read from ``data_dir`` / the file path.
     ``messages=True`` gives message lists for chat models (one message per turn) instead of HH text.
     """
-    check_limit(limit, source if isinstance(source, str | Path) else "HH dataset")
+    check_options(repr(str(source)) if isinstance(source, str | Path) else "load_hh(dataset)",
+                  {"split": split, "subset": subset, "data_dir": data_dir, "limit": limit, "messages": messages},
+                  flags=("messages",))
     where = " ".join(str(x) for x in (data_dir, source if isinstance(source, str | Path) else None) if x)
     label = subset or subset_label(where, default=data_dir or "hh")
     path = Path(source) if isinstance(source, str | Path) else None
