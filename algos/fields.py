@@ -106,15 +106,19 @@ def check_bounds(name: str, value: Any, error: type[Exception], *, ge: float | N
 def read_record(cls: type[Record], values: Any, source: str, error: type[Exception]) -> Record:
     """A ``cls`` (a dataclass) from ``values`` read back from ``source`` (a file): a JSON object holding
     every field without a default, each of its field's type. Keys it does not know are left out (a newer
-    version may write more); anything else raises ``error`` naming the file and the key."""
+    version may write more); anything else raises ``error`` naming the file (unless ``source`` is empty,
+    for a caller that names it itself) and the key."""
+    def at(text: str) -> str:
+        return f"{source}: {text}" if source else text
+
     if not isinstance(values, Mapping):
-        raise error(f"{source}: expected a JSON object, got {type(values).__name__}")
+        raise error(at(f"expected a JSON object, got {type(values).__name__}"))
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     missing = [f.name for f in fields if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
-        raise error(f"{source}: missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}")
-    known = {f.name: checked(f"{source}: key {f.name!r}", values[f.name], hints[f.name], error)
+        raise error(at(f"missing key{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}"))
+    known = {f.name: checked(at(f"key {f.name!r}"), values[f.name], hints[f.name], error)
              for f in fields if f.name in values}
     return cls(**known)
