@@ -120,8 +120,9 @@ def check_meta(meta: Any, where: str) -> dict[str, Any]:
     """A copy of ``meta`` as a dict with string keys (they become the reward's keyword columns)."""
     if not isinstance(meta, Mapping):
         raise TaskError(f"{where} must be a dict of str keys, got {type(meta).__name__}")
-    bad = next((k for k in meta if not isinstance(k, str)), None)
-    if bad is not None:
+    bad = [k for k in meta if not isinstance(k, str)]
+    if bad:
+        bad = bad[0]
         raise TaskError(f"{where}: key {bad!r} is {type(bad).__name__}, expected str (meta keys become the "
                         "reward's keyword columns)")
     return dict(meta)
