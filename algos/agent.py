@@ -527,6 +527,7 @@ class Agent:
         """Resume from ``save_checkpoint``'s folder. Its metadata is checked before any weight is loaded."""
         directory = Path(directory)
         meta = read_saved_agent(directory, expected=self.name)
+        meta.agent_config(directory)  # checked though unused: this agent's own config goes on training
         history = read_history(directory / "history.json", meta.step)
         self.policy.load_checkpoint(directory / "policy")
         self._load_modules(directory)
