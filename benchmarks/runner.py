@@ -39,7 +39,7 @@ import textenv
 from algos import Policy
 from algos.fields import accepts, check_bounds, read_record
 from benchmarks import executors
-from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
+from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, agent_settings, path_component
 
 SCHEMA = 2  # 2: per-prompt eval records (``examples``, ``base_examples``) for paired statistics
 Metrics = dict[str, float | None]
@@ -199,11 +199,7 @@ def load_policy(config: BenchConfig, path: str) -> Policy:
 
 def agent_config(algo: AlgoSpec, budget, seed: int) -> dict[str, Any]:
     """The algorithm's hyperparameters plus the budget every algorithm shares."""
-    fields = algos.get_algorithm(algo.algorithm).config_class.__dataclass_fields__
-    shared = {"seed": seed, "batch_size": budget.prompts_per_step, "max_new_tokens": budget.max_new_tokens}
-    if "group_size" in fields:
-        shared["group_size"] = budget.group_size
-    return {**algo.hyperparameters, **shared}
+    return agent_settings(algos.get_algorithm(algo.algorithm).config_class, algo.hyperparameters, budget, seed)
 
 
 def checkpoint_identity(name_or_path: str) -> list[Any]:
