@@ -64,7 +64,8 @@ def test_a_checkpoint_file_that_fails_to_decode_is_named(tmp_path, env, broken):
     assert path.exists()
     path.write_bytes(np.random.default_rng(0).bytes(64))
     with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
-        algos.make("ppo", random_policy(), **kw).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+        algos.make("ppo", random_policy(), **kw).learn(env, max_steps=2, resume_from=tmp_path / "step-1",
+                                                       progress=False)
     if broken in {"agent.json", "policy/model.safetensors", "value_head.safetensors"}:
         with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
             algos.Agent.load(tmp_path / "step-1")
