@@ -111,7 +111,8 @@ class AgentConfig:
         ``where`` the values came from."""
         where_txt = f" in {where}" if where else ""
         if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
-            raise ConfigError(f"{cls.__name__}{where_txt}: expected a table of option names, got {values!r}")
+            raise ConfigError(f"{cls.__name__}{where_txt}: expected a table of option names, "
+                              f"got {fields.short_repr(values)}")
         known = {f.name for f in dataclasses.fields(cls)}
         for key in values:
             if key not in known:
