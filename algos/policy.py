@@ -32,7 +32,9 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from algos import fields
 from algos.errors import nearest_existing
+from algos.fields import Record
 from rewards.messages import chat_template_options
 from textenv import message_text
 
@@ -52,6 +54,7 @@ def _quiet(enabled: bool = True) -> Iterator[None]:
 
 Prompt = str | list[dict[str, Any]]  # plain text, or TRL's conversational format (a list of messages)
 SETTINGS = "policy.json"  # the prompt settings saved beside the weights
+ADAPTER_CONFIG = "adapter_config.json"  # peft's, beside a LoRA adapter
 
 
 def _as_list(x: Any) -> list[int]:
@@ -142,8 +145,7 @@ def check_model_path(name_or_path: str | Path) -> str | Path:
         raise ModelPathError(f"model path {path} is a file; give the folder that holds the model (config.json "
                              f"and weights, as save_pretrained or Policy.save writes them)")
     if (adapter := path / "adapter_config.json").is_file():
-        with reading(adapter):
-            base = json.loads(adapter.read_text())["base_model_name_or_path"]
+        base = read_json_record(AdapterBase, adapter).base_model_name_or_path
         where = f"base_model_name_or_path in {adapter}"
         if looks_local(base) and not Path(base).expanduser().exists():
             raise ModelPathError(f"{path} is a LoRA adapter whose base model {base} does not exist ({where}): "
@@ -179,6 +181,31 @@ def reading(path: Path) -> Iterator[None]:
         raise
     except Exception as err:
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """``policy.json``: how a saved policy encodes prompts (``Policy.save`` writes it beside the weights)."""
+
+    chat: bool = False  # apply the chat template to plain prompts too
+    truncate_prompts: bool = False  # cut prompts from the left to fit the context
+
+
+@dataclass(frozen=True)
+class AdapterBase:
+    """The key of peft's ``adapter_config.json`` that loading a LoRA policy reads: the model it adapts."""
+
+    base_model_name_or_path: str
+
+
+def read_json_record(cls: type[Record], path: Path) -> Record:
+    """The dataclass ``cls`` from the JSON file ``path`` (its defaults when there is no file), every key
+    checked: a damaged file is a CheckpointError naming the file and the key."""
+    if not path.is_file():
+        return cls()
+    with reading(path):
+        raw = json.loads(path.read_text())
+    return fields.read_record(cls, raw, str(path), CheckpointError)
 
 
 @dataclass
@@ -273,10 +300,10 @@ class Policy:
             dtype = getattr(torch, dtype)
         name_or_path = check_model_path(name_or_path)  # before transformers turns a bad path into a hub error
         local = Path(name_or_path)
-        settings = json.loads((local / SETTINGS).read_text()) if (local / SETTINGS).is_file() else {}
+        settings = read_json_record(PromptSettings, local / SETTINGS)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        adapter = (local / "adapter_config.json").is_file()
-        base = json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter \
+        adapter = (local / ADAPTER_CONFIG).is_file()
+        base = read_json_record(AdapterBase, local / ADAPTER_CONFIG).base_model_name_or_path if adapter \
             else name_or_path
         with _quiet(Path(base).is_dir()):
             model = AutoModelForCausalLM.from_pretrained(
@@ -287,10 +314,8 @@ class Policy:
                 model = peft.PeftModel.from_pretrained(model, name_or_path, is_trainable=True)
             else:
                 model = peft.get_peft_model(model, lora_config(lora))
-        return cls(model, tokenizer, device=device,
-                   chat=settings.get("chat", False) if chat is None else chat,
-                   truncate_prompts=settings.get("truncate_prompts", False) if truncate_prompts is None
-                   else truncate_prompts)
+        return cls(model, tokenizer, device=device, chat=settings.chat if chat is None else chat,
+                   truncate_prompts=settings.truncate_prompts if truncate_prompts is None else truncate_prompts)
 
     @classmethod
     def tiny(cls, task: Any, recipe: Any = None, *, cache_dir: str | Path | None = None,

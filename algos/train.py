@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m algos.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("algo", help=f"algorithm: {', '.join(list_algorithms())}")
     parser.add_argument("--env", required=True, help="environment id, e.g. textenv/Arithmetic-v0")
-    parser.add_argument("--steps", type=int, required=True, help="training steps (optimiser steps per batch: "
-                                                                  "see num_iterations, num_minibatches)")
+    parser.add_argument("--steps", type=int, required=True,
+                        help="train up to step N (with --resume, from the checkpoint's step on to N: "
+                             "learn's max_steps); each step is a batch (see num_iterations, num_minibatches)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (the project's tiny model for the env's task, pretrained and cached on first "
@@ -121,7 +122,7 @@ def train(args: argparse.Namespace, settings: dict[str, Any]) -> None:
     engine = distributed.current()
     env = textenv.make(args.env)
     agent = make(args.algo, load_policy(args.model, env, engine, args.device or distributed.device()), **settings)
-    history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
+    history = agent.learn(env, max_steps=args.steps, eval_env=env if args.eval_every else None,
                           eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
                           log_dir=args.out, checkpoint_every=args.checkpoint_every,
                           checkpoint_dir=args.out / "checkpoints", resume_from=args.resume, progress=not args.quiet)

@@ -269,6 +269,15 @@ def load(name_or_path: str | Path) -> BenchConfig:
     return parse(raw, where=str(path))
 
 
+def agent_settings(config_class: type[algos.AgentConfig], hyperparameters: dict[str, Any], budget: Budget,
+                   seed: int) -> dict[str, Any]:
+    """An algorithm's config values in a cell: its hyperparameters plus the budget every algorithm shares."""
+    shared = {"seed": seed, "batch_size": budget.prompts_per_step, "max_new_tokens": budget.max_new_tokens}
+    if "group_size" in config_class.__dataclass_fields__:
+        shared["group_size"] = budget.group_size
+    return {**hyperparameters, **shared}
+
+
 def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
     _check_keys(raw, _TOP, where, "top level")
     title = _typed(raw.get("title", Path(where).stem), str, where, "title")
@@ -335,6 +344,9 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
                         "([budget] and seeds) so that every algorithm gets the same budget")
         try:
             config_class.from_dict(table, where=f"{where} [{section}]")
+            for task in tasks:  # the config every cell will build: with the budget, e.g. GRPO's group_size >= 2
+                config_class.from_dict(agent_settings(config_class, table, task.budget, seeds[0]),
+                                       where=f"{where} [{section}] with the budget of [tasks.\"{task.id}\"]")
         except algos.ConfigError as err:
             raise BenchConfigError(str(err)) from err
         specs.append(AlgoSpec(name, algorithm, table, sft_steps))

@@ -54,11 +54,11 @@ def _measure(task_id: str, name: str, steps: int, warmup: int, group_size: int, 
     extra = {"group_size": group_size} if online else {}
     agent = algos.make(name, policy, batch_size=batch_size, max_new_tokens=max_new_tokens,
                        micro_batch_size=micro_batch_size, **extra)
-    agent.learn(env, warmup, progress=False)
+    agent.learn(env, max_steps=warmup, progress=False)
     if torch.cuda.is_available() and policy.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    history = agent.learn(env, warmup + steps, progress=False)[warmup:]
+    history = agent.learn(env, max_steps=warmup + steps, progress=False)[warmup:]
     elapsed = time.perf_counter() - start
     if policy.device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20

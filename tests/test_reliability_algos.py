@@ -40,7 +40,7 @@ def test_config_values_are_refused_naming_the_key(name, config, message):
 @pytest.mark.parametrize("total", [0, -3, 2.5, True, "10"])
 def test_learn_refuses_a_total_that_is_not_a_positive_whole_number(env, total):
     agent = algos.make("sft", random_policy(), batch_size=2)
-    with pytest.raises(ValueError, match=r"learn\(total_steps=.*\) needs a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"learn\(max_steps=.*\) needs a whole number >= 1"):
         agent.learn(env, total, progress=False)
 
 
@@ -64,7 +64,8 @@ def test_a_checkpoint_file_that_fails_to_decode_is_named(tmp_path, env, broken):
     assert path.exists()
     path.write_bytes(np.random.default_rng(0).bytes(64))
     with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
-        algos.make("ppo", random_policy(), **kw).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+        algos.make("ppo", random_policy(), **kw).learn(env, max_steps=2, resume_from=tmp_path / "step-1",
+                                                       progress=False)
     if broken in {"agent.json", "policy/model.safetensors", "value_head.safetensors"}:
         with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
             algos.Agent.load(tmp_path / "step-1")
