@@ -153,7 +153,10 @@ def test_report_from_a_run_directory(tmp_path, base_path, capsys):
     runs = EventAccumulator(str(out / "tensorboard" / "textenv__Arithmetic-v0" / "grao" / "seed0"))
     runs.Reload()
     assert "_hparams_/session_start_info" in runs.PluginTagToContent("hparams")
-    assert "## Paired comparisons" in report and "## Sample efficiency" in report
+    assert "## Paired comparisons" in report and "## Sample efficiency" in report and "## Findings" in report
+    from algos.tiny import weights_sha256  # the report names the base checkpoint every cell started from
+
+    assert f"| base checkpoint (SHA-256 of its weights) | {weights_sha256(base_path)[:16]} |" in report
     (out / "report.md").unlink()
     assert cli(["report", str(out)]) == 0
     assert (out / "report.md").exists()
