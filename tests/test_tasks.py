@@ -203,8 +203,9 @@ def test_preference_reward_is_learned_and_gold_is_the_judge(preference, dialogue
     r = preference.reward
     accuracy = np.mean(r([e.prompt for e in evals], [e.chosen for e in evals])
                        > r([e.prompt for e in evals], [e.rejected for e in evals]))
-    print(f"Preference-v0 learned reward: held-out pair accuracy {accuracy:.3f} (asserted > 0.75)")
-    assert accuracy > 0.75  # held-out pairs
+    # Observed at 1 and 2 threads: 0.896, 0.396 above chance (0.5).
+    print(f"Preference-v0 learned reward: held-out pair accuracy {accuracy:.3f} (asserted above chance by > 0.25)")
+    assert accuracy - 0.5 > 0.25  # held-out pairs
     out = evaluate_completions(preference, evals, [e.reference for e in evals])
     assert out["gold_tie"] == 1.0 and "helpful/gold_ras" in out
 
