@@ -8,7 +8,7 @@ a margin well below the smallest mean measured under every perturbation tried: t
 (``GRAO_TEST_BASE_SEED=1``). CI runs this file twice, with (1 thread, shipped base) and (2 threads,
 base seed 1). Each test prints what it observed, so the headroom can be read in the log (``-s``).
 
-These are the slowest tests: each online algorithm trains 3 seeds x 300 steps of 8 prompts x G = 8.
+These are the slowest tests: each online algorithm trains 2 seeds x 300 steps of 8 prompts x G = 8.
 """
 
 import dataclasses
@@ -22,7 +22,7 @@ import algos
 import textenv
 from algos import Policy
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)  # two seeds: the third cost CI a minute a pass and moved no mean below 1.6x its margin
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_base_model_is_mixed(env, base_path):
 
 
 def test_sft_lowers_reference_nll(env, base_path):
-    """Measured: drops of 0.071-0.076 nats per seed (shipped base) and 0.058-0.072 (base seed 1), means 0.073
-    and 0.065; asserted: mean > 0.03."""
+    """Measured (seeds 0, 1): drops of 0.071 and 0.076 nats (shipped base), 0.058 and 0.072 (base seed 1);
+    asserted: mean > 0.03."""
     drops = []
     for seed in SEEDS:
         agent = algos.make("sft", Policy.from_pretrained(base_path), lr=1e-4, seed=seed)
@@ -80,8 +80,8 @@ def test_sft_lowers_reference_nll(env, base_path):
 
 
 def test_dpo_raises_the_chosen_minus_rejected_margin(env, base_path):
-    """Measured: margin gains 2.08-2.42 nats and last-10-step accuracies 0.75-0.82 per seed (both base
-    seeds), means 2.19-2.28 and 0.79-0.80; asserted: mean gain > 0.5, mean accuracy above chance by > 0.15."""
+    """Measured (seeds 0, 1, both base models): margin gains 2.19-2.42 nats, last-10-step accuracies
+    0.75-0.82, means 0.28-0.29 above chance; asserted: mean gain > 0.5, mean accuracy above chance by > 0.15."""
     pairs = env.unwrapped.task.pairs("eval")[:64]
     prompts = [ex.prompt for ex in pairs]
     gains, accuracies = [], []
@@ -104,11 +104,12 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(env, base_path):
     assert np.mean(accuracies) - 0.5 > 0.15
 
 
-# Mean eval-reward gains over seeds 0-2 measured with these settings (shipped base / base seed 1): grpo
-# +0.043 / +0.041, grao +0.049 / +0.052, ppo +0.038 / +0.036 (single seeds +0.025 to +0.055). One and two
-# torch threads gave the same numbers on the machine that measured them (these matrices are too small to
-# be split); the base seed changes every number. The smallest mean is 1.8 times the asserted 0.02. GRPO's
-# learning rate is 1e-4: at 3e-4 its gains were -0.020 to +0.018, at 1e-3 it collapsed.
+# Eval-reward gains measured with these settings, mean over seeds 0 and 1 (shipped base / base seed 1):
+# grpo +0.040 / +0.040, grao +0.050 / +0.051, ppo +0.033 / +0.033 (single seeds +0.025 to +0.054; seed 2
+# gave +0.042 to +0.055). One and two torch threads gave the same numbers on the machine that measured
+# them (these matrices are too small to be split); the base seed changes every number. The smallest mean
+# is 1.6 times the asserted 0.02. GRPO's learning rate is 1e-4: at 3e-4 its gains were -0.020 to +0.018,
+# at 1e-3 it collapsed.
 @pytest.mark.parametrize(("name", "config"), [
     ("grpo", {"lr": 1e-4}),
     ("grao", {"lr": 1e-4}),
