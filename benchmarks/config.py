@@ -7,7 +7,8 @@ Every error names the file and the offending key. A config looks like::
     target = "grao"                   # whose relative improvement the report leads with
 
     [base]
-    model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
+    model = "tiny"                    # the project's tiny model pretrained per task, "smollm2" (the embedded
+                                      # SmolLM2-135M-Instruct, see algos.smollm2), or an HF name/path
     # dtype, device, trust_remote_code; chat = true (chat template for plain prompts); truncate_prompts;
     # [base.lora] r, alpha, dropout, target_modules: train a LoRA adapter (peft) instead of all weights
 

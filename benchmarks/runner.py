@@ -36,7 +36,7 @@ import torch
 
 import algos
 import textenv
-from algos import Policy
+from algos import Policy, smollm2
 from benchmarks import executors
 from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
 
@@ -126,7 +126,9 @@ def cell_key(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int) -> 
 
 
 def base_policy_path(config: BenchConfig, task: textenv.Task, out: Path) -> str:
-    """The one base checkpoint every algorithm of this task starts from."""
+    """The one base checkpoint every algorithm of this task starts from ("smollm2": its cached folder)."""
+    if config.base_model == smollm2.NAME:
+        return str(smollm2.smollm2_path())
     if config.base_model != "tiny":
         return config.base_model
     from algos.tiny import TinyRecipe, default_recipe, pretrain_tiny
