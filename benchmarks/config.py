@@ -247,7 +247,7 @@ def _check_cache_kwargs(kwargs: dict[str, Any], where: str, section: str) -> Non
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
-    """A shipped config name ("quick", "paper", "ablation", "hh") or a path to a TOML file."""
+    """A shipped config name ("quick", "paper", "ablation", "hh", "real") or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml" and not path.exists():
         shipped = CONFIG_DIR / f"{name_or_path}.toml"
