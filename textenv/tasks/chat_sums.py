@@ -11,10 +11,10 @@ sum; every train example also carries a preference pair (the sum, a plausible mi
 prompts never occur in the train split. No corpus: this task is for pretrained models, not the tiny ones.
 
 Base rate, measured with ``python -m benchmarks.base_quality --model smollm2 --tasks ChatSums-v0 --prompts 48
---group-size 2`` (2 samples of each of the first 48 eval prompts, chat template, temperature 0.7, at most 16
-new tokens, seed 0): SmolLM2-135M-Instruct is right in 42.7% of its answers, and the two samples of a prompt
-get different rewards for 48% of the prompts. With operands up to 15 it was right in 20.8%, the edge of
-what group-relative methods can learn from; hence ``max_operand=10`` (121 sums: 48 eval, 73 train).
+--group-size 2 --threads 2`` (2 samples of each of the first 48 eval prompts, chat template, temperature 0.7,
+at most 16 new tokens, seed 0): SmolLM2-135M-Instruct is right in 42.7% of its answers, and the two samples of
+a prompt get different rewards for 48% of the prompts. With operands up to 15 it was right in 20.8%, the edge
+of what group-relative methods can learn from; hence ``max_operand=10`` (121 sums: 48 eval, 73 train).
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ the phrase cut, padded past the word limit, ...), so DPO contrasts answers that 
 Prompts are TRL's conversational format; eval prompts never occur in the train split. No corpus: this
 task is for pretrained chat models.
 
-Base rate, measured with ``python -m benchmarks.base_quality --model smollm2 --tasks Instructions-v0
---prompts 48 --group-size 2`` (2 samples of each of the first 48 eval prompts, chat template, temperature
-0.7, at most 48 new tokens, seed 0): SmolLM2-135M-Instruct's answers meet 30.2% of their constraints (the
-mean reward) and all of them in 9.4% (``all_met``); the two samples of a prompt get different rewards for
-29% of the prompts. In the groups ``--show`` prints, it stays on topic but capitalises, uses commas and runs long.
+Base rate, measured with ``python -m benchmarks.base_quality --model smollm2 --tasks Instructions-v0 --prompts
+48 --group-size 2 --threads 2`` (2 samples of each of the first 48 eval prompts, chat template, temperature
+0.7, at most 48 new tokens, seed 0): SmolLM2-135M-Instruct's answers meet 30.2% of their constraints (the mean
+reward) and all of them in 9.4% (``all_met``); the two samples of a prompt get different rewards for 29% of
+the prompts. In the groups ``--show`` prints, it stays on topic but capitalises, uses commas and runs long.
 """
 
 from __future__ import annotations
