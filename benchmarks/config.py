@@ -7,7 +7,8 @@ Every error names the file and the offending key. A config looks like::
     target = "grao"                   # whose relative improvement the report leads with
 
     [base]
-    model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
+    model = "tiny"                    # the project's tiny model pretrained per task, "smollm2" (the embedded
+                                      # SmolLM2-135M-Instruct, see algos.smollm2), or an HF name/path
     # dtype, device, trust_remote_code; chat = true (chat template for plain prompts); truncate_prompts;
     # [base.lora] r, alpha, dropout, target_modules: train a LoRA adapter (peft) instead of all weights
 
@@ -246,7 +247,7 @@ def _check_cache_kwargs(kwargs: dict[str, Any], where: str, section: str) -> Non
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
-    """A shipped config name ("quick", "paper", "ablation", "hh") or a path to a TOML file."""
+    """A shipped config name ("quick", "paper", "ablation", "hh", "real") or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml" and not path.exists():
         shipped = CONFIG_DIR / f"{name_or_path}.toml"

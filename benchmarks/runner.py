@@ -36,7 +36,7 @@ import torch
 
 import algos
 import textenv
-from algos import Policy
+from algos import Policy, smollm2
 from algos.errors import OutputError, cleanup, output_folder_problem, writing
 from algos.fields import accepts, check_bounds, read_record
 from benchmarks import executors
@@ -176,7 +176,9 @@ def cell_key(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int) -> 
 
 
 def base_policy_path(config: BenchConfig, task: textenv.Task, out: Path) -> str:
-    """The one base checkpoint every algorithm of this task starts from."""
+    """The one base checkpoint every algorithm of this task starts from ("smollm2": its cached folder)."""
+    if config.base_model == smollm2.NAME:
+        return str(smollm2.smollm2_path())
     if config.base_model != "tiny":
         return config.base_model
     from algos.tiny import TinyRecipe, default_recipe, pretrain_tiny

@@ -73,7 +73,7 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     assert "unknown key 'colour'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["quick", "paper", "ablation", "hh"])
+@pytest.mark.parametrize("name", ["quick", "paper", "ablation", "hh", "real"])
 def test_shipped_configs_parse(name):
     cfg = bench_config.load(name)
     assert cfg.algorithms and cfg.tasks and cfg.seeds

@@ -1,4 +1,7 @@
-"""Every Python block of the README runs as written (in a temporary directory)."""
+"""Every Python block of the README runs as written (in a temporary directory).
+
+A block fenced as ```` ```python no-run ```` (it needs the real model's wheel and takes a while) is shown but
+not run: the pattern below takes only blocks whose fence line is exactly ```` ```python ````."""
 
 import re
 from pathlib import Path
