@@ -36,8 +36,6 @@ from algos import fields
 from algos.errors import nearest_existing
 from algos.fields import Record
 from rewards.messages import chat_template_options
-from algos.smollm2 import NAME as SMOLLM2
-from algos.smollm2 import dequantized_gguf, smollm2_path
 from textenv import message_text
 
 
@@ -305,10 +303,12 @@ class Policy:
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
-        if str(name_or_path) == SMOLLM2 and gguf_file is None:
-            name_or_path = smollm2_path()
+        from algos import smollm2  # imported here: it builds on algos.tiny, which builds on this module
+
+        if str(name_or_path) == smollm2.NAME and gguf_file is None:
+            name_or_path = smollm2.smollm2_path()
         elif gguf_file is not None or str(name_or_path).endswith(".gguf"):
-            name_or_path = dequantized_gguf(Path(name_or_path, gguf_file or ""))
+            name_or_path = smollm2.dequantized_gguf(Path(name_or_path, gguf_file or ""))
         name_or_path = check_model_path(name_or_path)  # before transformers turns a bad path into a hub error
         local = Path(name_or_path)
         settings = read_json_record(PromptSettings, local / SETTINGS)
