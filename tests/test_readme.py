@@ -30,7 +30,8 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
 
 
 def findings_block(text: str, start: str, end: str) -> list[str]:
-    return [line for line in text[text.index(start) + len(start):text.index(end)].splitlines() if line.strip()]
+    begin = text.index(start) + len(start)
+    return [line for line in text[begin:text.index(end, begin)].splitlines() if line.strip()]
 
 
 def test_the_readme_results_claim_what_the_quick_report_finds():
