@@ -21,10 +21,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import shutil
 import time
-import types
 import typing
 import warnings
 from collections.abc import Callable, Sequence
@@ -39,8 +37,10 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 import textenv
+from algos import fields
 from algos.engine import Engine, make_engine
-from algos.policy import EncodedBatch, Policy, Prompt, reading
+from algos.errors import run_cleanup
+from algos.policy import CheckpointError, EncodedBatch, Policy, Prompt, reading
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
 AnyEnv = gymnasium.Env | gymnasium.vector.VectorEnv
@@ -80,72 +80,58 @@ class AgentConfig:
     generation_chunk: int | None = None
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
+        """Every option checked at construction (directly, through ``from_dict`` or ``algos.make``): its type
+        first, then its range, so a wrong value fails here naming the key, not steps later in the loop."""
+        hints = typing.get_type_hints(type(self))
         for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{name}.{field.name} must be a finite number, got {value}")
-        for key in ("seed", "warmup_steps", "top_k"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"{name}.{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "batch_size", "max_new_tokens", "temperature", "top_p", "max_grad_norm",
-                    "repetition_penalty"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{name}.{key} must be > 0, got {getattr(self, key)}")
-        if self.top_p > 1:
-            raise ConfigError(f"{name}.top_p must be <= 1, got {self.top_p}")
-        for key in ("num_iterations", "num_minibatches", "micro_batch_size", "generation_chunk"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ConfigError(f"{name}.{key} must be >= 1, got {getattr(self, key)}")
+            setattr(self, field.name, fields.checked(self._name(field.name), getattr(self, field.name),
+                                                     hints[field.name], ConfigError))
+        for key in ("seed", "warmup_steps", "top_k", "weight_decay"):
+            self.require(key, ge=0)
+        self.require("seed", le=MAX_SEED, why="torch.manual_seed takes seeds below 2**64")
+        for key in ("lr", "temperature", "max_grad_norm", "repetition_penalty"):
+            self.require(key, gt=0)
+        self.require("top_p", gt=0)
+        self.require("top_p", le=1)
+        for key in ("batch_size", "max_new_tokens", "num_iterations", "num_minibatches", "micro_batch_size",
+                    "generation_chunk"):
+            self.require(key, ge=1)
         if self.num_minibatches > self.batch_size:
-            raise ConfigError(f"{name}.num_minibatches ({self.num_minibatches}) must be <= batch_size "
+            raise ConfigError(f"{type(self).__name__}.num_minibatches ({self.num_minibatches}) must be <= batch_size "
                               f"({self.batch_size}): each minibatch needs a prompt group")
+
+    def require(self, key: str, *, why: str = "", **bounds: float) -> None:
+        """Refuse ``self.<key>`` outside ``bounds`` (``ge``, ``gt``, ``le``, ``lt``) with a ConfigError naming it."""
+        fields.check_bounds(self._name(key), getattr(self, key), ConfigError, why=why, **bounds)
+
+    def _name(self, key: str) -> str:
+        return f"{type(self).__name__}.{key}"
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str | None = None) -> AgentConfig:
-        """Build from plain values (a TOML table, kwargs), checking names, types and choices."""
+        """Build from plain values (a TOML table, kwargs), checking names, types and choices; errors say
+        ``where`` the values came from."""
         where_txt = f" in {where}" if where else ""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        hints = typing.get_type_hints(cls)
-        for key, value in values.items():
-            if key not in fields:
+        if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+            raise ConfigError(f"{cls.__name__}{where_txt}: expected a table of option names, "
+                              f"got {fields.short_repr(values)}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
                 raise ConfigError(f"unknown {cls.__name__} key {key!r}{where_txt}; "
-                                  f"valid keys: {', '.join(sorted(fields))}")
-            _check_type(cls.__name__, key, value, hints[key], where_txt)
-        return cls(**values)
+                                  f"valid keys: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except ConfigError as err:
+            if not where:
+                raise
+            raise ConfigError(f"{err} (in {where})") from err
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _check_type(owner: str, key: str, value: Any, hint: Any, where_txt: str) -> None:
-    if not _accepts(hint, value):
-        expected = " or ".join(_describe(h) for h in _arms(hint))
-        raise ConfigError(f"{owner}.{key}{where_txt} must be {expected}, got {type(value).__name__} {value!r}")
-
-
-def _arms(hint: Any) -> tuple[Any, ...]:
-    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-
-
-def _accepts(hint: Any, value: Any) -> bool:
-    if len(arms := _arms(hint)) > 1:
-        return any(_accepts(arm, value) for arm in arms)
-    if hint is type(None):
-        return value is None
-    if typing.get_origin(hint) is Literal:
-        return value in typing.get_args(hint) and not isinstance(value, bool)
-    checks = {bool: lambda v: isinstance(v, bool),
-              int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-              float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-              str: lambda v: isinstance(v, str)}
-    return checks.get(hint, lambda v: True)(value)
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) is Literal:
-        return f"one of {list(typing.get_args(hint))}"
-    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+MAX_SEED = 2**64 - 1  # the largest seed torch.manual_seed takes
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -309,7 +295,7 @@ class Agent:
         # One fixed order of the parameters on every rank: the policy's, then each module's.
         params = policy.parameters() + [p for n, m in self._trained.items() if n != "policy" for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # made by learn(total_steps)
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # made by learn(max_steps)
 
     # --- what an algorithm writes -------------------------------------------------------------
     def setup(self) -> None:
@@ -382,21 +368,6 @@ class Agent:
         norm = self.engine.clip_and_step(self.optimizer, self.config.max_grad_norm)
         return {**weighted, "loss": loss_sum, "grad_norm": norm}
 
-    def _lr_schedule(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-        """transformers' schedule over ``total_steps`` training steps, advanced to the current step (the
-        learning rate is a function of the step, so a resumed run follows the same schedule)."""
-        cfg = self.config
-        name = "constant_with_warmup" if cfg.lr_scheduler == "constant" else cfg.lr_scheduler
-        for group in self.optimizer.param_groups:  # a new schedule starts from the configured rate
-            group["lr"] = group.get("initial_lr", group["lr"])
-        scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=total_steps)
-        with warnings.catch_warnings():  # stepping a schedule before the optimiser is intended here
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(self.step):
-                scheduler.step()
-        return scheduler
-
     # --- shared machinery ---------------------------------------------------------------------
     def act(self, prompts: Sequence[Prompt], **generation: Any) -> list[str]:
         """Completions for ``prompts``; keyword arguments override the config's sampling settings."""
@@ -438,33 +409,45 @@ class Agent:
             tokens += mask.sum().item()
         return total / tokens
 
-    def learn(self, env: AnyEnv, total_steps: int, *, eval_env: AnyEnv | None = None, eval_every: int = 0,
+    def learn(self, env: AnyEnv, max_steps: int, *, eval_env: AnyEnv | None = None, eval_every: int = 0,
               eval_kwargs: dict[str, Any] | None = None, log_dir: str | Path | None = None,
               callback: Callable[[Agent, dict[str, float]], bool | None] | None = None,
               checkpoint_every: int = 0, checkpoint_dir: str | Path | None = None,
               resume_from: str | Path | None = None, progress: bool = True) -> list[dict[str, float]]:
-        """Train until ``self.step == total_steps``; returns the history (one record per step).
+        """Train up to step ``max_steps`` (TRL's ``max_steps``): from ``self.step`` (0 for a new agent, the
+        checkpoint's step with ``resume_from``) until ``self.step == max_steps``. Two calls of
+        ``learn(env, 2)`` train 2 steps in all, and an agent already at step ``max_steps`` or beyond
+        trains nothing and says so with a warning. Returns the agent's whole history, one record per step
+        so far (``record["step"]`` counts from 1), this call's steps last.
 
-        Every ``eval_every`` steps (and at the end) ``evaluate(eval_env, **eval_kwargs)`` adds
-        ``eval/*`` entries to the step's record. ``env`` may be wrapped: training rewards pass through
-        its gymnasium reward wrappers (``textenv.batched``); evaluation metrics use the task's reward.
-        ``callback(agent, record)`` returning False stops early. With ``checkpoint_every`` a
-        checkpoint is written to ``checkpoint_dir/step-N``; ``resume_from`` continues from one.
-        On several processes every rank runs ``learn`` (and loads ``resume_from``), evaluates and writes its
-        shard of each checkpoint, and holds the same history; rank 0 alone writes logs and shows progress.
+        The learning-rate schedule (warm-up, decay) spans steps 0 to ``max_steps``. Every ``eval_every``
+        steps (and at the end) ``evaluate(eval_env, **eval_kwargs)`` adds ``eval/*`` entries to the step's
+        record. ``env`` may be wrapped: training rewards pass through its gymnasium reward wrappers
+        (``textenv.batched``); evaluation metrics use the task's reward. ``callback(agent, record)``
+        returning False stops early. With ``checkpoint_every`` a checkpoint is written to
+        ``checkpoint_dir/step-N``; ``resume_from`` continues from one. On several processes every rank
+        runs ``learn`` (and loads ``resume_from``), evaluates and writes its shard of each checkpoint, and
+        holds the same history; rank 0 alone writes logs and shows progress.
         """
-        if isinstance(total_steps, bool) or not isinstance(total_steps, int | np.integer) or total_steps < 1:
-            raise ValueError(f"{self.name}: learn(total_steps={total_steps!r}) needs a whole number >= 1")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int | np.integer) or max_steps < 1:
+            raise ValueError(f"{self.name}: learn(max_steps={max_steps!r}) needs a whole number >= 1 "
+                             "(the step to train up to)")
         self._check_sharding()
         task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
         if resume_from is not None:
             self.load_checkpoint(resume_from)
-        self.scheduler = self._lr_schedule(total_steps)
+        if self.step >= max_steps:
+            warnings.warn(f"{self.name}: learn(max_steps={max_steps}) has nothing to train: the agent is already "
+                          f"at step {self.step} (max_steps is the step to train up to, not a number of further "
+                          f"steps; pass max_steps={self.step + max_steps} for {max_steps} more)", stacklevel=2)
+            return self.history
+        cfg = self.config
+        self.scheduler = schedule_at(self.optimizer, cfg.lr_scheduler, cfg.warmup_steps, int(max_steps), self.step)
         if checkpoint_every and checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
-        with Recorder(self.name, total_steps, self.step, log_dir if self.engine.is_main else None,
+        with Recorder(self.name, max_steps, self.step, log_dir if self.engine.is_main else None,
                       progress=progress and self.engine.is_main) as recorder:
-            while self.step < total_steps:
+            while self.step < max_steps:
                 rng = np.random.default_rng([self.config.seed, self.step])
                 start = time.perf_counter()
                 stats = self.update(task_env, rng)
@@ -476,7 +459,7 @@ class Agent:
                 if "tokens/trained" in stats:
                     record["tokens/per_s"] = stats["tokens/trained"] / max(elapsed, 1e-9)
                 if eval_env is not None and eval_every and (
-                        self.step % eval_every == 0 or self.step == total_steps):
+                        self.step % eval_every == 0 or self.step == max_steps):
                     # Every rank evaluates every prompt in lock-step (a sharded model needs them all in each
                     # forward pass): the one-process numbers, the same on every rank.
                     evaluation, shown = self._evaluate(eval_env, **(eval_kwargs or {}))
@@ -528,24 +511,22 @@ class Agent:
     def _write_meta(self, directory: Path) -> None:
         meta = {"algorithm": self.name, "config": self.config.to_dict(), "step": self.step,
                 "state": self.state()}
-        (directory / "agent.json").write_text(json.dumps(meta, indent=2))
+        (directory / AGENT_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: str | Path, device: str | None = None, engine: Engine | None = None) -> Agent:
         """Rebuild a saved agent; ``Agent.load`` dispatches on the saved algorithm name."""
         directory = Path(directory)
-        meta = _read_meta(directory)
-        algo = get_algorithm(meta["algorithm"]) if cls is Agent else cls
+        meta = read_saved_agent(directory, expected=None if cls is Agent else cls.name)
+        algo = get_algorithm(meta.algorithm)
         with reading(directory / "policy" / "model.safetensors"):
             policy = Policy.from_pretrained(directory / "policy", device=device)
-        config = algo.config_class.from_dict(meta["config"], where=str(directory / "agent.json"))
-        agent = algo(policy, config, engine=engine)
+        agent = algo(policy, meta.agent_config(directory), engine=engine)
         for name, module in agent._trained.items():
             if name != "policy":
                 with reading(path := directory / f"{name}.safetensors"):
                     agent.engine.load_full_state_dict(module, load_file(str(path), device=str(policy.device)))
-        agent.step = meta["step"]
-        agent.load_state(meta.get("state", {}))
+        agent._restore(meta, directory)
         return agent
 
     def _frozen(self) -> dict[str, torch.nn.Module]:
@@ -553,8 +534,17 @@ class Agent:
         reference = self.policy._reference
         return {"reference": reference.model} if reference is not None and not reference._adapter_off else {}
 
+    def _restore(self, meta: SavedAgent, directory: Path) -> None:
+        """The step and algorithm state of ``meta``; a state the algorithm refuses is named with its file."""
+        self.step = meta.step
+        try:
+            self.load_state(meta.state)
+        except (KeyError, TypeError, ValueError) as err:
+            problem = f"missing {err}" if isinstance(err, KeyError) else str(err)
+            raise CheckpointError(f"{directory / AGENT_FILE}: key 'state': {problem}") from err
+
     def save_checkpoint(self, directory: str | Path) -> None:
-        """Everything ``learn`` needs to resume: each rank writes its shard of the trained weights, the
+        """Everything ``learn`` needs to resume: each rank writes its shard of every weight (frozen ones too), the
         reference copy and the optimiser state (``state/``, safetensors through ``torch.distributed.checkpoint``),
         rank 0 the config, step and history; written to a temp dir, then renamed into place."""
         directory = Path(directory)
@@ -572,17 +562,87 @@ class Agent:
         self.engine.barrier()
 
     def load_checkpoint(self, directory: str | Path) -> None:
-        """Load a checkpoint into this agent in place (every rank, its own shard)."""
+        """Resume from ``save_checkpoint``'s folder (every rank, its own shard). Its metadata is checked before
+        any weight is loaded."""
         directory = Path(directory)
-        meta = _read_meta(directory)
-        if meta["algorithm"] != self.name:
-            raise ValueError(f"checkpoint {directory} is for {meta['algorithm']!r}, not {self.name!r}")
+        meta = read_saved_agent(directory, expected=self.name)
+        meta.agent_config(directory)  # checked though unused: this agent's own config goes on training
+        history = read_history(directory / "history.json", meta.step)
         with reading(directory / "state"):
             self.engine.load_state(directory / "state", self._trained, self._frozen(), self.optimizer)
-        with reading(path := directory / "history.json"):
-            self.history = json.loads(path.read_text())
-        self.step = meta["step"]
-        self.load_state(meta.get("state", {}))
+        self.history = history
+        self._restore(meta, directory)
+
+AGENT_FILE = "agent.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedAgent:
+    """What ``agent.json`` holds (written by ``save`` and ``save_checkpoint``), checked when it is read back."""
+
+    algorithm: str  # a registered algorithm name
+    config: dict[str, Any]  # the algorithm's config, as its config_class.to_dict() wrote it
+    step: int  # training steps done, >= 0
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)  # the algorithm's state() (e.g. PPO's kl_coef)
+
+    def agent_config(self, directory: Path) -> AgentConfig:
+        """The saved config, checked like any other; a bad value is a CheckpointError naming the file."""
+        try:
+            return get_algorithm(self.algorithm).config_class.from_dict(self.config)
+        except ConfigError as err:
+            raise CheckpointError(f"{directory / AGENT_FILE}: key 'config': {err}") from err
+
+
+def read_saved_agent(directory: Path, expected: str | None = None) -> SavedAgent:
+    """``directory/agent.json``, every key checked (a registered algorithm, ``expected`` if given, a config
+    dict, a step >= 0, a state dict), so a damaged file fails here naming the file and the key rather
+    than later with a raw TypeError or, for a huge step, a hang."""
+    with reading(path := directory / AGENT_FILE):
+        raw = json.loads(path.read_text())
+    meta = fields.read_record(SavedAgent, raw, str(path), CheckpointError)
+    fields.check_bounds(f"{path}: key 'step'", meta.step, CheckpointError, ge=0)
+    if meta.algorithm not in _ALGORITHMS:
+        raise CheckpointError(f"{path}: key 'algorithm': no algorithm {meta.algorithm!r} is registered; "
+                              f"known: {', '.join(list_algorithms())}")
+    if expected is not None and meta.algorithm != expected:
+        raise CheckpointError(f"{path}: this checkpoint is for {meta.algorithm!r}, not {expected!r} (key 'algorithm')")
+    return meta
+
+
+def read_history(path: Path, step: int) -> list[dict[str, float]]:
+    """A checkpoint's ``history.json``: a list of records of numbers, each with an integer ``step`` no later
+    than the checkpoint's ``step``."""
+    with reading(path):
+        raw = json.loads(path.read_text())
+    history = fields.checked(str(path), raw, list[dict[str, float]], CheckpointError)
+    for i, record in enumerate(history):
+        if not fields.accepts(int, record.get("step")) or not 1 <= record["step"] <= step:
+            raise CheckpointError(f"{path}: record {i}: key 'step' must be an integer in [1, {step}] (the "
+                                  f"checkpoint's step), got {record.get('step')!r}")
+    return history
+
+
+def schedule_at(optimizer: torch.optim.Optimizer, kind: str, warmup_steps: int, max_steps: int,
+                step: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' ``kind`` schedule ("constant", "linear", "cosine", after a linear warm-up) over
+    ``max_steps`` steps, placed at ``step`` in O(1).
+
+    Each of these is a ``LambdaLR``, whose rate is a closed-form function of its step, so setting the step
+    gives exactly the rate that ``step`` calls of ``.step()`` reach (a resumed run follows the schedule
+    bitwise) without replaying them: a step of 10**9 read from a checkpoint costs nothing.
+    """
+    name = "constant_with_warmup" if kind == "constant" else kind
+    for group in optimizer.param_groups:  # a new schedule starts from the configured rate
+        group["lr"] = group.get("initial_lr", group["lr"])
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=max_steps)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):  # the O(1) placement needs a closed form
+        raise TypeError(f"schedule {name!r} is a {type(scheduler).__name__}, not a LambdaLR")
+    if step:
+        scheduler.last_epoch = step - 1
+        with warnings.catch_warnings():  # stepping a schedule before the optimiser is intended here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
+    return scheduler
 
 
 def _summed_stat(key: str) -> bool:
@@ -594,7 +654,7 @@ class Recorder:
     """Where ``learn`` writes each step's record: a progress bar, TensorBoard and ``history.jsonl`` in
     ``log_dir``. ``learn`` gives ranks other than 0 no ``log_dir`` and no bar, so they write nothing."""
 
-    def __init__(self, name: str, total_steps: int, initial: int, log_dir: str | Path | None, progress: bool):
+    def __init__(self, name: str, max_steps: int, initial: int, log_dir: str | Path | None, progress: bool):
         self.writer = self.jsonl = None
         if log_dir is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -602,7 +662,7 @@ class Recorder:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             self.writer = SummaryWriter(str(log_dir))
             self.jsonl = open(Path(log_dir) / "history.jsonl", "a")  # noqa: SIM115
-        self.bar = tqdm(total=total_steps, initial=initial, desc=name, disable=not progress,
+        self.bar = tqdm(total=max_steps, initial=initial, desc=name, disable=not progress,
                         dynamic_ncols=True, leave=False)
 
     def write(self, record: dict[str, float]) -> None:
@@ -623,11 +683,14 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        """Close the bar and the logs; if training failed, a failing close (a full disk flushing the logs, say)
+        is a note on that error, never the error the user sees instead."""
+        closers = [(self.bar.close, "closing the progress bar")]
         if self.writer is not None:
-            self.writer.close()
-            self.jsonl.close()
+            closers += [(self.writer.close, "closing the TensorBoard log"), (self.jsonl.close, "closing history.jsonl")]
+        for close, what in closers:
+            run_cleanup(close, what, during=exc)
 
 
 SHOWN_COMPLETIONS = 4  # eval completions logged as TensorBoard text at each evaluation
@@ -637,12 +700,3 @@ def _cell(x: Any) -> str:
     """One Markdown table cell: text (or messages, rendered) with pipes and newlines escaped."""
     text = x if isinstance(x, str) else textenv.render_messages(x) if isinstance(x, list) else str(x)
     return text.replace("|", "\\|").replace("\n", "<br>")
-
-
-def _read_meta(directory: Path) -> dict[str, Any]:
-    with reading(path := directory / "agent.json"):
-        meta = json.loads(path.read_text())
-        missing = {"algorithm", "config", "step"} - set(meta)
-        if missing:
-            raise KeyError(f"missing {sorted(missing)}")
-    return meta

@@ -68,7 +68,7 @@ def check_agent(name: str, *, env: Any = None, policy_factory: Callable[[], Poli
 
     with promise(text := "update() statistics are finite floats and include 'loss' and 'tokens/trained'"):
         first = agent()
-        history = first.learn(env, steps, progress=False)
+        history = first.learn(env, max_steps=steps, progress=False)
         for record in history:
             missing = {"loss", "tokens/trained"} - record.keys()
             bad = {k: v for k, v in record.items()
@@ -78,18 +78,19 @@ def check_agent(name: str, *, env: Any = None, policy_factory: Callable[[], Poli
 
     with promise(text := "the same seed gives the same numbers"):
         second = agent()
-        second.learn(env, steps, progress=False)
+        second.learn(env, max_steps=steps, progress=False)
         _same_history(fail, text, history, second.history)
         _same_weights(fail, text, first, second, exact=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         with promise(text := "checkpoint + resume equals an uninterrupted run"):
             straight = agent()
-            straight.learn(env, 2 * steps, progress=False)
+            straight.learn(env, max_steps=2 * steps, progress=False)
             interrupted = agent()
-            interrupted.learn(env, steps, checkpoint_every=steps, checkpoint_dir=Path(tmp) / "ckpt", progress=False)
+            interrupted.learn(env, max_steps=steps, checkpoint_every=steps, checkpoint_dir=Path(tmp) / "ckpt",
+                              progress=False)
             resumed = make(name, _perturbed(factory()), **settings)  # resuming must overwrite every weight
-            resumed.learn(env, 2 * steps, resume_from=Path(tmp) / "ckpt" / f"step-{steps}", progress=False)
+            resumed.learn(env, max_steps=2 * steps, resume_from=Path(tmp) / "ckpt" / f"step-{steps}", progress=False)
             _same_history(fail, text, straight.history, resumed.history)
             _same_weights(fail, text, straight, resumed, exact=True)
             if resumed.state() != straight.state():
@@ -110,8 +111,8 @@ def check_agent(name: str, *, env: Any = None, policy_factory: Callable[[], Poli
     with promise(text := "a step in micro-batches equals the full-batch step (losses normalised by the step's totals)"):
         one_step = {"num_iterations": 1, "num_minibatches": 1}
         whole, parts = agent(**one_step), agent(**one_step, micro_batch_size=1)
-        whole_loss = whole.learn(env, 1, progress=False)[0]["loss"]
-        parts_loss = parts.learn(env, 1, progress=False)[0]["loss"]
+        whole_loss = whole.learn(env, max_steps=1, progress=False)[0]["loss"]
+        parts_loss = parts.learn(env, max_steps=1, progress=False)[0]["loss"]
         if not math.isclose(whole_loss, parts_loss, rel_tol=1e-4, abs_tol=1e-6):
             fail(text, f"loss {parts_loss} with micro_batch_size=1, {whole_loss} without")
         # Gradients, not weights: Adam's first step is about lr * sign(g), which float noise can flip.

@@ -32,12 +32,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+from torch.distributed.tensor import DTensor
 
 if TYPE_CHECKING:
     from algos.policy import Policy
@@ -227,11 +227,12 @@ class Engine:
         module.load_state_dict(state)
 
     def save_state(self, directory: Path, trained: Modules, frozen: Modules, optimizer: torch.optim.Optimizer) -> None:
-        """Write the trained parameters (frozen ones left out), the ``frozen`` modules whole (a reference
-        copy) and the optimiser state with ``torch.distributed.checkpoint`` as safetensors: every rank its
-        own shard, replicated tensors once, no pickle. Resuming reads each rank's shard (on any number of
-        ranks); no rank ever holds a full copy."""
-        state = _checkpoint_state(trained, frozen, optimizer)[0]
+        """Write the ``trained`` and ``frozen`` modules (a reference copy) whole, frozen parameters included (a
+        LoRA run's base too, so a resume does not depend on the base model's files), and the optimiser state,
+        with ``torch.distributed.checkpoint`` as safetensors: every rank its own shard, replicated tensors
+        once, no pickle. Resuming reads each rank's shard (on any number of ranks); no rank ever holds a
+        full copy."""
+        state = _distinct(_checkpoint_state(trained, frozen, optimizer)[0])
         with _single_process_quietly():
             dcp.save(state, storage_writer=dcp.HuggingFaceStorageWriter(str(directory), save_distributed=True),
                      no_dist=self.world_size == 1)
@@ -240,16 +241,14 @@ class Engine:
         """Inverse of ``save_state``, in place."""
         state, optimizer_state = _checkpoint_state(trained, frozen, optimizer)
         try:
-            with _single_process_quietly():
-                dcp.load(state, storage_reader=dcp.HuggingFaceStorageReader(str(directory)),
+            with _single_process_quietly():  # into the live tensors: a tied weight's other name sees it too
+                dcp.load(_distinct(state), storage_reader=dcp.HuggingFaceStorageReader(str(directory)),
                          no_dist=self.world_size == 1)
         except dcp.CheckpointException as err:  # a BaseException: raise it as an error callers can catch
             raise RuntimeError(str(err).strip().splitlines()[-1]) from err
-        options = StateDictOptions(strict=False)  # frozen parameters were left out
         for name, module in {**trained, **frozen}.items():
             prefix = f"{name}."
-            set_model_state_dict(module, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                                 options=options)
+            set_model_state_dict(module, {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         set_optimizer_state_dict(torch.nn.ModuleDict(trained), optimizer, optimizer_state)
 
 
@@ -306,10 +305,7 @@ def _checkpoint_state(trained: Modules, frozen: Modules, optimizer: torch.optim.
     """A flat ``{name: tensor}`` of what a checkpoint holds (views of the live tensors, sharded where they
     are) and the optimiser's state dict those optimiser tensors belong to."""
     state: dict[str, torch.Tensor] = {}
-    for name, module in trained.items():
-        kept = get_model_state_dict(module, options=StateDictOptions(ignore_frozen_params=True))
-        state.update({f"{name}.{k}": v for k, v in kept.items()})
-    for name, module in frozen.items():
+    for name, module in {**trained, **frozen}.items():
         state.update({f"{name}.{k}": v for k, v in get_model_state_dict(module).items()})
     optimizer_state = get_optimizer_state_dict(torch.nn.ModuleDict(trained), optimizer)
     for fqn, entries in optimizer_state["state"].items():
@@ -323,6 +319,19 @@ def _single_process_quietly() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         yield
+
+
+def _distinct(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the second name of a tensor it holds twice (tied input and output embeddings):
+    safetensors stores each tensor once."""
+    seen, kept = set(), {}
+    for name, tensor in state.items():
+        local = tensor.to_local() if isinstance(tensor, DTensor) else tensor
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), tuple(local.shape))
+        if local.numel() == 0 or key not in seen:
+            seen.add(key)
+            kept[name] = tensor
+    return kept
 
 
 def _numbers_device() -> torch.device:

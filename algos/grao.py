@@ -8,6 +8,10 @@ reward, and maximise in one loss (see ``losses.grao_loss`` and docs/GRAO.md)::
 exploration, imitation weighted by how good y is against the group, and the alignment regulariser.
 l is the length-normalised log-likelihood under the current policy; there is no ratio, clip, KL
 term or reference *policy*. Each term can be switched off for the paper's ablations.
+
+``group_size=1`` is allowed with the default ``group="samples+reference"``: mu and sigma are then over
+the sample and y, so the sample is scored against the reference and the step learns. With
+``group="samples"`` one sample has advantage 0, so the config refuses it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.rollout import collect
+from algos.rollout import collect, encode_references
 
 
 @dataclass
@@ -37,10 +41,17 @@ class GRAOConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.group_size < 1:
-            raise ConfigError(f"GRAOConfig.group_size must be >= 1, got {self.group_size}")
-        if self.score_temperature != "sampling" and not self.score_temperature > 0:
-            raise ConfigError(f"GRAOConfig.score_temperature must be 'sampling' or > 0, got {self.score_temperature}")
+        # One sample is a group when the reference answer is in it: then mu and sigma are over two rewards
+        # and the sample is scored against y. Without y, one sample's advantage is always 0.
+        if self.group == "samples":
+            self.require("group_size", ge=2, why="with group='samples' the advantages are relative to the "
+                         "samples alone, so one sample has advantage 0 and every step's loss would be 0")
+        self.require("group_size", ge=1)
+        for key in ("beta", "lam"):
+            self.require(key, ge=0)
+        self.require("eps", gt=0)
+        if self.score_temperature != "sampling":
+            self.require("score_temperature", gt=0)
         if not (self.imitation or self.exploration or self.regularizer):
             raise ConfigError("GRAOConfig: at least one of imitation, exploration, regularizer must be on")
 
@@ -54,7 +65,7 @@ class GRAO(Agent):
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True,
                           offset=self.engine.offset_of_share(len(examples)))
-        answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
+        answers = encode_references(self.policy, env, examples)
         stats = {**rollout.stats, "reward/reference_mean": rollout.answer_rewards.mean().item()}
         return Batch(len(examples), stats, samples=rollout.samples.batch, answers=answers,
                      rewards=rollout.rewards, answer_rewards=rollout.answer_rewards)

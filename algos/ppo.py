@@ -4,6 +4,9 @@ A scalar value head reads the policy's last hidden state (shared trunk). Per-tok
 KL penalty to the frozen reference, -kl_coef * KL_t, plus the sequence reward on the last token;
 GAE(gamma, lambda) turns them into advantages; several epochs of minibatches optimise the clipped
 policy loss plus the clipped value loss. The KL coefficient is fixed or adapted towards a target KL.
+
+``group_size=1`` (the default) is a real PPO step: the advantages come from GAE against the value head
+and are whitened over the whole batch, never relative to a group, so one sample per prompt learns.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from algos import losses
-from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos import fields, losses
+from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
 from algos.policy import EncodedBatch
 from algos.rollout import collect
 
@@ -40,10 +43,15 @@ class PPOConfig(AgentConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.group_size < 1:
-            raise ConfigError(f"PPOConfig.group_size must be >= 1, got {self.group_size}")
-        if self.kl_coef < 0 or not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
-            raise ConfigError("PPOConfig: kl_coef must be >= 0 and gamma, lam in [0, 1]")
+        self.require("group_size", ge=1)  # no group baseline here: the value head is the baseline
+        self.require("clip_eps", gt=0, lt=1)  # the ratio is clipped below at 1 - clip_eps > 0
+        for key in ("vf_clip", "target_kl"):
+            self.require(key, gt=0)
+        for key in ("vf_coef", "kl_coef"):
+            self.require(key, ge=0)
+        for key in ("gamma", "lam"):
+            self.require(key, ge=0, le=1)
+        self.require("kl_horizon", ge=1)
 
 
 @register("ppo")
@@ -67,7 +75,9 @@ class PPO(Agent):
         return {"kl_coef": self.kl_coef}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.kl_coef = state["kl_coef"]
+        """The adaptive KL coefficient of a saved run: a finite number >= 0 (a bad one names the key)."""
+        self.kl_coef = fields.checked("kl_coef", state["kl_coef"], float, ValueError)
+        fields.check_bounds("kl_coef", self.kl_coef, ValueError, ge=0)
 
     def policy_and_values(self, samples: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor]:
         logps, hidden = self.policy.logprobs_and_hidden(samples, temperature=self.config.temperature)

@@ -1,4 +1,5 @@
-"""Shared rollout for the online algorithms: G samples per prompt, one reward call, padded tensors."""
+"""Shared rollout for the online algorithms: G samples per prompt, one reward call, padded tensors; and the
+encoding of reference answers (SFT's targets, GRAO's y) with errors that name the example."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from algos.policy import Policy, Samples
+from algos.policy import ContextLengthError, EncodedBatch, Policy, Samples
 from textenv import Example, TextGenEnv
 
 
@@ -90,3 +91,30 @@ def rollout_stats(rewards: torch.Tensor, samples: Samples,
     if len(components) > 1:
         stats.update({f"reward/{k}": float(np.mean(v)) for k, v in components.items()})
     return stats
+
+
+def encode_references(policy: Policy, env: TextGenEnv, examples: list[Example], split: str = "train",
+                      ) -> EncodedBatch:
+    """The (prompt, reference answer) pairs of ``examples``, drawn from ``split``, as one batch.
+
+    A pair too long for the model's context is an error naming the example's index in ``split``, with
+    fixes that work for a reference: ``truncate_prompts`` only cuts prompts, so it cannot shorten one.
+    """
+    try:
+        return policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
+    except ContextLengthError as err:
+        culprit = examples[err.row]
+        index = next((i for i, ex in enumerate(env.task.split(split)) if ex is culprit), None)
+        where = f"{env.env_id}: " + (f"{split} example {index}" if index is not None
+                                     else f"the example in row {err.row} of the step's batch")
+        if err.part == "completion":
+            message = (f"{where} has a reference answer of {err.tokens} tokens (EOS included), which with its "
+                       f"prompt cannot fit the model's context of {err.limit} positions. truncate_prompts cannot "
+                       f"fix this (it only cuts prompts): shorten that reference or leave the example out of the "
+                       f"task's {split!r} split, or use a model with a longer context")
+        else:
+            message = (f"{where}: its prompt and the longest reference answer of the step's batch take {err.tokens} "
+                       f"tokens, past the model's context of {err.limit} positions; shorten that prompt or the "
+                       f"long references, set truncate_prompts (cuts prompts from the left), or use a model with "
+                       f"a longer context")
+        raise ContextLengthError(message, err.part, err.row, err.tokens, err.limit) from err

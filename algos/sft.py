@@ -8,6 +8,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
+from algos.rollout import encode_references
 
 
 @dataclass
@@ -22,8 +23,7 @@ class SFT(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
-        answers = self.policy.encode([ex.prompt for ex in examples], [ex.reference for ex in examples])
-        return Batch(len(examples), answers=answers)
+        return Batch(len(examples), answers=encode_references(self.policy, env, examples))
 
     def loss(self, batch: Batch, totals: StepTotals):  # token mean over the whole step, as TRL
         return losses.sft_loss(self.policy.logprobs(a := batch.answers), a.completion_mask, totals.tokens["answers"])

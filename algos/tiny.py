@@ -36,6 +36,8 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
+from algos.fields import short_repr
+from algos.policy import CheckpointError, reading
 from rewards.tiny import byte_tokenizer
 from textenv import Task, TaskError
 
@@ -67,6 +69,22 @@ def save_atomically(path: Path, marker: str, info: dict, parts: list, quiet: boo
         shutil.rmtree(tmp, ignore_errors=True)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def check_marker(path: Path, expected: dict) -> None:
+    """The marker of a cached model (``tiny_recipe.json``, ``tiny_chat.json``), checked before the cache is
+    reused: a JSON object whose keys in ``expected`` hold exactly those values (what the cache key was made
+    from: the recipe, the code version). A damaged or foreign marker is a CheckpointError naming the file
+    and the key, never a model silently built from other settings; removing the folder rebuilds it."""
+    with reading(path):
+        info = json.loads(path.read_text())
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}; remove "
+                              f"{path.parent} to rebuild the model")
+    for key, value in expected.items():
+        if info.get(key) != value:
+            raise CheckpointError(f"{path}: key {key!r} is {short_repr(info.get(key))}, but this cache entry is "
+                                  f"for {short_repr(value)}; remove {path.parent} to rebuild the model")
 
 
 @dataclass(frozen=True)
@@ -251,13 +269,16 @@ def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str |
     """
     recipe = recipe or default_recipe(task.name)
     folder = model_dir_name(task, recipe)
+    expected = {"recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION}
     if shipped and (SHIPPED_DIR / folder / "tiny_recipe.json").exists():
+        check_marker(SHIPPED_DIR / folder / "tiny_recipe.json", expected)
         _say(f"tiny base model for {task.name}: the shipped {folder}", progress)
         return SHIPPED_DIR / folder
     docs = documents(task, recipe)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / "tiny" / folder
     if (path / "tiny_recipe.json").exists():
+        check_marker(path / "tiny_recipe.json", expected)
         _say(f"tiny base model for {task.name}: reusing cached {path}", progress)
         return path
     start = time.perf_counter()

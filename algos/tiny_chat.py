@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from algos.tiny import cache_root, save_atomically
+from algos.tiny import cache_root, check_marker, save_atomically
 
 # Bump when a change here alters the files built for the same arguments.
 CODE_VERSION = "1"
@@ -93,6 +93,7 @@ def build_tiny_chat_model(cache_dir: str | Path | None = None, *, vocab_size: in
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / "tiny-chat" / f"qwen2-{key}"
     if (path / "tiny_chat.json").exists():
+        check_marker(path / "tiny_chat.json", args)
         return path
     tokenizer = _tokenizer(vocab_size)
     eos_id, pad_id = tokenizer.convert_tokens_to_ids([IM_END, ENDOFTEXT])

@@ -12,6 +12,8 @@ writes ``OUT/final`` (the ``Agent.save`` format: ``algos.Agent.load(OUT / "final
 its shard of ``OUT/checkpoints/step-N`` (``--resume`` one of them).
 ``--set key=value`` values are JSON or TOML literals (``1e-4``, ``true``, ``null``, ``"text"``) or else
 the bare text; they are parsed, never evaluated, and an unknown key is an error listing the valid ones.
+Every argument (numbers, ``--set``, ``--resume``, a writable ``--out``) is checked before anything loads,
+and a mistake in the input is one ``error:`` line with exit code 2, not a traceback.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from typing import Any
 
 import textenv
 from algos import engine as engines
-from algos.agent import AlgorithmNotFound, ConfigError, list_algorithms, make
-from algos.policy import Policy
+from algos.agent import AlgorithmNotFound, ConfigError, get_algorithm, list_algorithms, make
+from algos.errors import OutputError, check_output_folder, cleanup, error_text
+from algos.policy import CheckpointError, ContextLengthError, Policy
 from algos.tiny import pretrain_tiny
 
 
@@ -59,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m algos.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("algo", help=f"algorithm: {', '.join(list_algorithms())}")
     parser.add_argument("--env", required=True, help="environment id, e.g. textenv/Arithmetic-v0")
-    parser.add_argument("--steps", type=int, required=True, help="training steps (optimiser steps per batch: "
-                                                                  "see num_iterations, num_minibatches)")
+    parser.add_argument("--steps", type=int, required=True,
+                        help="train up to step N (with --resume, from the checkpoint's step on to N: "
+                             "learn's max_steps); each step is a batch (see num_iterations, num_minibatches)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--model", default="tiny",
                         help="'tiny' (the project's tiny model for the env's task, pretrained and cached on first "
@@ -90,35 +94,71 @@ def load_policy(model: str, env: Any, engine: engines.Engine, device: str | Any,
     return Policy.from_pretrained(path, device=device, **options)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    engines.init_process_group()  # from torchrun's / accelerate's environment; nothing on one process
-    try:
-        env = textenv.make(args.env)
-        settings = parse_settings(args.set)
-        if args.engine is not None:
-            if "engine" in settings:
-                raise ConfigError("give the engine once: --engine or --set engine=...")
-            settings["engine"] = args.engine
-        engine = engines.make_engine(settings.pop("engine", "ddp"))
-        policy = load_policy(args.model, env, engine, args.device or engines.device(), bf16=args.bf16,
-                             gradient_checkpointing=args.gradient_checkpointing)
-        agent = make(args.algo, policy, engine, **settings)
-        history = agent.learn(env, args.steps, eval_env=env if args.eval_every else None,
-                              eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
-                              log_dir=args.out, checkpoint_every=args.checkpoint_every,
-                              checkpoint_dir=args.out / "checkpoints", resume_from=args.resume,
-                              progress=not args.quiet)
-    except (ConfigError, AlgorithmNotFound, textenv.EnvNotFound) as err:
-        parser.error(str(err))
+# What a user's input can get wrong: each becomes "error: <message>" and exit code 2, not a traceback.
+USER_ERRORS = (ConfigError, AlgorithmNotFound, textenv.TaskError, CheckpointError, ContextLengthError, OutputError)
+
+
+def check_resume(path: Path) -> None:
+    """``--resume`` must name a checkpoint folder (``OUT/checkpoints/step-N``), not a missing path or a
+    final agent (``OUT/final`` has no optimizer state to resume)."""
+    hint = "give one of OUT/checkpoints/step-N, written by a run with --checkpoint-every"
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {path}: no such checkpoint folder; {hint}")
+    if not (path / "agent.json").is_file():
+        raise CheckpointError(f"--resume {path}: not a checkpoint (it has no agent.json); {hint}")
+    if not (path / "state").is_dir():
+        raise CheckpointError(f"--resume {path}: a saved agent, not a checkpoint (it has no state/ with the "
+                              f"optimizer state, so training cannot continue exactly); {hint}")
+
+
+def check_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """Check every argument before anything loads (a model or a tiny model's pretraining takes minutes);
+    returns the parsed ``--set`` values. ``--out`` is created here, after everything else passed."""
+    for flag, value, least in (("--steps", args.steps, 1), ("--eval-every", args.eval_every, 0),
+                               ("--eval-prompts", args.eval_prompts, 1),
+                               ("--checkpoint-every", args.checkpoint_every, 0)):
+        if value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    settings = parse_settings(args.set)
+    if args.engine is not None:
+        if "engine" in settings:
+            raise ConfigError("give the engine once: --engine or --set engine=...")
+        settings["engine"] = args.engine
+    get_algorithm(args.algo).config_class.from_dict(settings, where="--set")  # unknown keys, bad values
+    if args.resume is not None:
+        check_resume(args.resume)
+    check_output_folder(args.out)
+    return settings
+
+
+def train(args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Make the env, load the model, train, save ``OUT/final`` and say where it is."""
+    engine = engines.make_engine(settings.pop("engine", "ddp"))
+    env = textenv.make(args.env)
+    policy = load_policy(args.model, env, engine, args.device or engines.device(), bf16=args.bf16,
+                         gradient_checkpointing=args.gradient_checkpointing)
+    agent = make(args.algo, policy, engine, **settings)
+    history = agent.learn(env, max_steps=args.steps, eval_env=env if args.eval_every else None,
+                          eval_every=args.eval_every, eval_kwargs={"num_prompts": args.eval_prompts},
+                          log_dir=args.out, checkpoint_every=args.checkpoint_every,
+                          checkpoint_dir=args.out / "checkpoints", resume_from=args.resume, progress=not args.quiet)
     agent.save(args.out / "final")
     if engine.is_main:
         last = history[-1] if history else {}
         shown = ", ".join(f"{k}={last[k]:.4g}" for k in ("loss", "reward/mean", "eval/reward") if k in last)
         print(f"{args.algo}: step {agent.step} on {engine.world_size} process(es); {shown}; "
               f"saved {args.out / 'final'}")
-    engines.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        engines.init_process_group()  # from torchrun's / accelerate's environment; nothing on one process
+        with cleanup(engines.close, "closing the process group"):
+            train(args, check_arguments(args))
+    except USER_ERRORS as err:
+        parser.error(error_text(err))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from algos.errors import OutputError, check_output_folder, cleanup, error_text
+from algos.policy import CheckpointError
 from benchmarks import config as bench_config
 from benchmarks import executors
 from benchmarks.report import write_report
 from benchmarks.runner import CellsFailed, load_results, run
+from textenv import TaskError
 
 
 def executor_problem(kind: str, jobs: int | None, address: str | None) -> str | None:
@@ -36,6 +40,25 @@ def saved_config(path: Path) -> bench_config.BenchConfig:
     except (KeyError, TypeError) as err:
         raise bench_config.BenchConfigError(f"{path}: not a saved benchmark config (needs \"path\" and "
                                             f"\"config\"): {err!r}") from err
+
+
+# Faults of the input that stop a run before any cell trains (a base model path that is no model, a
+# config the runner refuses, an unwritable folder): "error: <message>" and exit code 2, not a traceback.
+RUN_ERRORS = (bench_config.BenchConfigError, CheckpointError, OutputError, TaskError)
+
+
+def report_step(results: list[dict[str, Any]], out: Path, **report_options: Any) -> dict[str, Any] | None:
+    """Write the report of ``results`` into ``out``; None after saying on stderr what could not be written.
+
+    The result files are written before the report and never touched by it, so a failure here (a full disk
+    while saving a plot, say) loses nothing: the message says so and how to rebuild the report."""
+    try:
+        return write_report(results, out, **report_options)
+    except OSError as err:
+        print(f"error: the report was not finished: {error_text(err)}\nthe results are intact "
+              f"({len(results)} cell(s) in {out / 'results'}); once the cause is fixed (e.g. disk space freed), "
+              f"rebuild the report with: python -m benchmarks report {out}", file=sys.stderr)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2
+        try:
+            check_output_folder(out)
+        except OutputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         print(f"{cfg.title}: {len(cfg.tasks)} task(s) x {len(cfg.algorithms)} algorithm(s) x "
               f"{len(cfg.seeds)} seed(s) -> {out}", flush=True)
         start = time.perf_counter()
@@ -82,15 +110,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         try:
-            results = run(cfg, out, progress=not getattr(args, "no_progress", False), executor=executor)
+            with cleanup(executor.close, f"closing the {kind} executor"):
+                results = run(cfg, out, progress=not getattr(args, "no_progress", False), executor=executor)
         except CellsFailed as err:
-            print(f"\nerror: {err}\nno report written; the finished cells are kept in {out / 'results'}",
-                  file=sys.stderr)
+            print(f"\nerror: {error_text(err)}\nno report written; the finished cells are kept in "
+                  f"{out / 'results'}", file=sys.stderr)
             return 1
-        finally:
-            executor.close()
-        summary = write_report(results, out, title=cfg.title, paper_protocol=cfg.paper_protocol,
-                               target=cfg.target)
+        except RUN_ERRORS as err:
+            print(f"error: {error_text(err)}", file=sys.stderr)
+            return 2
+        summary = report_step(results, out, title=cfg.title, paper_protocol=cfg.paper_protocol, target=cfg.target)
+        if summary is None:
+            return 1
         print(f"\nfinished in {time.perf_counter() - start:.0f}s; report: {out / 'report.md'}")
         print(summary.get("markdown_summary", ""))
         return 0
@@ -108,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
                 return 2
             title, paper, target = parsed.title, parsed.paper_protocol, parsed.target
-        summary = write_report(load_results(args.out), args.out, title=title, paper_protocol=paper, target=target)
+        summary = report_step(load_results(args.out), args.out, title=title, paper_protocol=paper, target=target)
+        if summary is None:
+            return 1
         print(summary.get("markdown_summary", ""))
         return 0
     if args.command == "configs":

@@ -7,7 +7,8 @@ Every error names the file and the offending key. A config looks like::
     target = "grao"                   # whose relative improvement the report leads with
 
     [base]
-    model = "tiny"                    # the project's tiny model pretrained per task, or an HF name/path
+    model = "tiny"                    # the project's tiny model pretrained per task, "smollm2" (the embedded
+                                      # SmolLM2-135M-Instruct, see algos.smollm2), or an HF name/path
     # dtype, device, trust_remote_code; chat = true (chat template for plain prompts); truncate_prompts;
     # bf16 = true (bfloat16 mixed precision); gradient_checkpointing = true (recompute activations);
     # [base.lora] r, alpha, dropout, target_modules: train a LoRA adapter (peft) instead of all weights
@@ -248,7 +249,7 @@ def _check_cache_kwargs(kwargs: dict[str, Any], where: str, section: str) -> Non
 
 
 def resolve_path(name_or_path: str | Path) -> Path:
-    """A shipped config name ("quick", "paper", "ablation", "hh") or a path to a TOML file."""
+    """A shipped config name ("quick", "paper", "ablation", "hh", "real") or a path to a TOML file."""
     path = Path(name_or_path)
     if path.suffix != ".toml" and not path.exists():
         shipped = CONFIG_DIR / f"{name_or_path}.toml"
@@ -269,6 +270,15 @@ def load(name_or_path: str | Path) -> BenchConfig:
     except tomllib.TOMLDecodeError as err:
         raise BenchConfigError(f"{path}: not valid TOML: {err}") from err
     return parse(raw, where=str(path))
+
+
+def agent_settings(config_class: type[algos.AgentConfig], hyperparameters: dict[str, Any], budget: Budget,
+                   seed: int) -> dict[str, Any]:
+    """An algorithm's config values in a cell: its hyperparameters plus the budget every algorithm shares."""
+    shared = {"seed": seed, "batch_size": budget.prompts_per_step, "max_new_tokens": budget.max_new_tokens}
+    if "group_size" in config_class.__dataclass_fields__:
+        shared["group_size"] = budget.group_size
+    return {**hyperparameters, **shared}
 
 
 def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
@@ -337,6 +347,9 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
                         "([budget] and seeds) so that every algorithm gets the same budget")
         try:
             config_class.from_dict(table, where=f"{where} [{section}]")
+            for task in tasks:  # the config every cell will build: with the budget, e.g. GRPO's group_size >= 2
+                config_class.from_dict(agent_settings(config_class, table, task.budget, seeds[0]),
+                                       where=f"{where} [{section}] with the budget of [tasks.\"{task.id}\"]")
         except algos.ConfigError as err:
             raise BenchConfigError(str(err)) from err
         specs.append(AlgoSpec(name, algorithm, table, sft_steps))

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from algos.errors import cleanup, writing
 from benchmarks.stats import (
     Result,
     curves,
@@ -54,17 +55,16 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, path: Path) -> Path:
-    """Atomic PNG write (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic PNG write (temp file + rename). A failure (a full disk, say) is an ``OutputError`` naming
+    ``path``, not the temp file, and leaves no temp file behind."""
+    with writing(path, "plot"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+        os.close(fd)
+        with cleanup(lambda: Path(tmp).unlink(missing_ok=True), f"removing the temp file {tmp}", only_on_error=True):
+            fig.savefig(tmp, format="png")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
     return path
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from algos.errors import cleanup, writing
 from benchmarks import paper
 from benchmarks.stats import (
     BASE,
@@ -161,17 +162,16 @@ def jsonable(x: Any) -> Any:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path`` and rename, so readers never see half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write to a temp file beside ``path`` and rename, so readers never see half a report. A failure is
+    an ``OutputError`` naming ``path`` and leaves no temp file behind."""
+    with writing(path, "report file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with cleanup(lambda: Path(tmp).unlink(missing_ok=True), f"removing the temp file {tmp}", only_on_error=True):
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+            os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------ sections

@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,70 @@ import torch
 
 import algos
 import textenv
-from algos import Policy
+from algos import Policy, smollm2
+from algos.errors import OutputError, cleanup, output_folder_problem, writing
+from algos.fields import accepts, check_bounds, read_record
 from benchmarks import executors
-from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, path_component
+from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, agent_settings, path_component
 
 SCHEMA = 2  # 2: per-prompt eval records (``examples``, ``base_examples``) for paired statistics
-REQUIRED = {"schema", "key", "task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history",
-            "tokens_generated", "tokens_trained", "optimizer_steps", "wall_time_s", "config"}
+Metrics = dict[str, float | None]
+Records = list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """The keys of a cell's result file that the runner and the report read, and their types; a file that
+    does not match is never trusted (``file_problem``): it is set aside and the cell redone."""
+
+    schema: int
+    key: str  # cell_key of the settings that produced it
+    task: str
+    algorithm: str  # the config's entry name
+    algo: str  # the registered algorithm
+    seed: int
+    metrics: Metrics
+    base_metrics: Metrics
+    history: Records  # one record per optimiser step, each with an integer "step"
+    tokens_generated: float
+    tokens_trained: float
+    optimizer_steps: int
+    wall_time_s: float
+    config: dict[str, Any]
+    examples: Records | None = None  # per-prompt eval records (schema 2)
+    base_examples: Records | None = None
+    subset_key: str | None = None
+    sft_steps: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("seed", "optimizer_steps", "sft_steps", "tokens_generated", "tokens_trained", "wall_time_s"):
+            check_bounds(f"key {name!r}", getattr(self, name), BenchConfigError, ge=0)
+        bad = next((i for i, row in enumerate(self.history) if not accepts(int, row.get("step"))), None)
+        if bad is not None:
+            raise BenchConfigError(f"key 'history': record {bad} has no integer 'step'")
+
+
+@dataclass(frozen=True)
+class BaseEvalFile:
+    """A cached base eval (``base_eval/<task>/seed<k>.json``): its key, completions, metrics and records."""
+
+    key: str  # base_eval_key of the settings that produced it
+    completions: list[str]
+    metrics: Metrics
+    examples: Records | None = None
+
+
+REQUIRED = {f.name for f in fields(ResultFile) if f.default is MISSING}
+
+
+def file_problem(record_type: type, data: Any) -> str | None:
+    """What is wrong with ``data`` read back from a file of ``record_type`` (None if nothing): a missing
+    key or a key of the wrong type, named, checked by the same validator as the Agent configs."""
+    try:
+        read_record(record_type, data, "", BenchConfigError)
+    except BenchConfigError as err:
+        return str(err)
+    return None
 
 
 def slug(task_id: str) -> str:
@@ -62,13 +119,9 @@ def out_path(out: str | Path, *parts: str) -> Path:
 
 def check_writable(folder: Path) -> None:
     """Fail now, before a cell trains, if its result could not be written afterwards."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test.{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise OSError(f"{folder}: cannot write results here ({err}); nothing was trained") from err
+    problem = output_folder_problem(folder)
+    if problem is not None:
+        raise OutputError(f"{folder}: cannot write results here ({problem}); nothing was trained")
 
 
 def set_aside(path: Path, problem: str, then: str) -> None:
@@ -80,17 +133,16 @@ def set_aside(path: Path, problem: str, then: str) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves the old file and no litter
-        raise
+    with writing(path, "result file"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A failed write leaves the old file and no litter (and a failed removal never hides why).
+        with cleanup(lambda: tmp.unlink(missing_ok=True), f"removing the temp file {tmp}", only_on_error=True):
+            with open(tmp, "w") as fh:
+                json.dump(data, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
 
 
 def read_result(path: Path, key: str) -> dict[str, Any] | None:
@@ -99,14 +151,12 @@ def read_result(path: Path, key: str) -> dict[str, Any] | None:
         return None
     try:
         result = json.loads(path.read_text())
-        problem = None
-        if not isinstance(result, dict) or not set(result) >= REQUIRED:
-            problem = f"missing fields {sorted(REQUIRED - set(result or {}))}"
-        elif result["schema"] != SCHEMA:
+        problem = file_problem(ResultFile, result)
+        if problem is None and result["schema"] != SCHEMA:
             problem = f"schema {result['schema']} != {SCHEMA}"
-        elif result["key"] != key:
+        elif problem is None and result["key"] != key:
             problem = "produced by different settings"
-    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         result, problem = None, f"not valid JSON ({err})"
     if problem is None:
         return result
@@ -126,7 +176,9 @@ def cell_key(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int) -> 
 
 
 def base_policy_path(config: BenchConfig, task: textenv.Task, out: Path) -> str:
-    """The one base checkpoint every algorithm of this task starts from."""
+    """The one base checkpoint every algorithm of this task starts from ("smollm2": its cached folder)."""
+    if config.base_model == smollm2.NAME:
+        return str(smollm2.smollm2_path())
     if config.base_model != "tiny":
         return config.base_model
     from algos.tiny import TinyRecipe, default_recipe, pretrain_tiny
@@ -146,11 +198,7 @@ def load_policy(config: BenchConfig, path: str) -> Policy:
 
 def agent_config(algo: AlgoSpec, budget, seed: int) -> dict[str, Any]:
     """The algorithm's hyperparameters plus the budget every algorithm shares."""
-    fields = algos.get_algorithm(algo.algorithm).config_class.__dataclass_fields__
-    shared = {"seed": seed, "batch_size": budget.prompts_per_step, "max_new_tokens": budget.max_new_tokens}
-    if "group_size" in fields:
-        shared["group_size"] = budget.group_size
-    return {**algo.hyperparameters, **shared}
+    return agent_settings(algos.get_algorithm(algo.algorithm).config_class, algo.hyperparameters, budget, seed)
 
 
 def checkpoint_identity(name_or_path: str) -> list[Any]:
@@ -187,12 +235,11 @@ def read_base_eval(path: Path, key: str, n: int) -> dict[str, Any] | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         set_aside(path, f"not valid JSON ({err})", "evaluating the base model again")
         return None
-    completions = cached.get("completions") if isinstance(cached, dict) else None
-    if not (isinstance(completions, list) and all(isinstance(c, str) for c in completions)
-            and isinstance(cached.get("metrics"), dict) and isinstance(cached.get("key"), str)):
-        set_aside(path, "not a base eval (needs key, completions, metrics)", "evaluating the base model again")
+    problem = file_problem(BaseEvalFile, cached)
+    if problem is not None:
+        set_aside(path, f"not a base eval ({problem})", "evaluating the base model again")
         return None
-    return cached if cached["key"] == key and len(completions) == n else None
+    return cached if cached["key"] == key and len(cached["completions"]) == n else None
 
 
 def evaluate_base(config: BenchConfig, env: Any, policy: Policy, budget, seed: int, out: Path) -> dict[str, Any]:
@@ -239,13 +286,13 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     if algo.sft_steps:
         sft = algos.make("sft", policy, seed=seed, batch_size=budget.prompts_per_step,
                          max_new_tokens=budget.max_new_tokens)
-        history += [{**h, "phase": "sft"} for h in sft.learn(env, algo.sft_steps, progress=progress)]
+        history += [{**h, "phase": "sft"} for h in sft.learn(env, max_steps=algo.sft_steps, progress=progress)]
     agent = algos.make(algo.algorithm, policy, **agent_config(algo, budget, seed))
     evaluation = {"num_prompts": config.eval.prompts, "seed": config.eval.seed + seed,
                   "temperature": config.eval.temperature, "top_p": config.eval.top_p}
     log_dir = out_path(out, "tensorboard", slug(task.id), algo.name, f"seed{seed}")
     shutil.rmtree(log_dir, ignore_errors=True)  # a killed or stale attempt's logs must not mix in
-    rl_history = agent.learn(env, budget.steps, eval_env=env, eval_every=config.eval.every,
+    rl_history = agent.learn(env, max_steps=budget.steps, eval_env=env, eval_every=config.eval.every,
                              eval_kwargs=evaluation, log_dir=log_dir, progress=progress)
     # After an SFT warm start the RL steps continue its count, so curves read left to right.
     history += [{**h, "step": h["step"] + algo.sft_steps} for h in rl_history]
@@ -367,7 +414,7 @@ def run(config: BenchConfig, out: str | Path, *, progress: bool = True,
     every other cell has finished if any cell failed.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     write_json_atomic(out_path(out, "config.json"), {"path": config.path, "config": config.raw})
     finished, todo = plan(config, out, log)
     bases = prepare_bases(config, todo, out, log)
@@ -415,8 +462,9 @@ def load_results(out: str | Path) -> list[dict[str, Any]]:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             print(f"! {path}: not valid JSON ({err}); left out of the report", flush=True)
             continue
-        if not isinstance(result, dict) or not set(result) >= REQUIRED:
-            print(f"! {path}: not a complete result; left out of the report", flush=True)
+        problem = file_problem(ResultFile, result)
+        if problem is not None:
+            print(f"! {path}: not a complete result ({problem}); left out of the report", flush=True)
             continue
         results.append(result)
     return results

@@ -1,12 +1,20 @@
 """Reward functions with one signature: ``fn(prompts, completions, references=None, **columns)``.
 
 Importing the package registers every built-in family: verifiable ("exact_match", "numeric",
-"regex", "keywords"), lexicon ("vader"), metrics ("rouge_l", "bleu"), learned ("bradley_terry",
+"regex", "keywords", "instructions"), lexicon ("vader"), metrics ("rouge_l", "bleu"), learned ("bradley_terry",
 "sequence_classifier"), judges ("pairwise_judge") and composites ("weighted_sum",
 "length_penalty", "scaled", "clipped").
 """
 
-from rewards import compose, judge, learned, lexicon, metrics, verifiable  # importing registers the families
+from rewards import (  # importing registers the families
+    compose,
+    instructions,
+    judge,
+    learned,
+    lexicon,
+    metrics,
+    verifiable,
+)
 from rewards.compose import Clipped, LengthPenalty, Scaled, WeightedSum, as_reward
 from rewards.judge import PairwiseJudge
 from rewards.learned import (
@@ -43,6 +51,7 @@ __all__ = [
     "check_values",
     "compose",
     "get",
+    "instructions",
     "judge",
     "learned",
     "lexicon",

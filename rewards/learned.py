@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,25 @@ class BTConfig:
     num_heads: int = 4
     intermediate_size: int = 256
     max_length: int = 256
+
+
+def read_bt_config(path: Path) -> BTConfig:
+    """A saved reward model's ``reward_config.json``, every key checked (each a whole number >= 1): a damaged
+    file is a RewardError naming the file and the key, not a TypeError from the model's constructor."""
+    where = f"bradley_terry: {str(path)!r}"
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RewardError(f"{where} is not valid JSON ({err})") from err
+    if not isinstance(raw, dict) or raw.pop("model_type", None) != "bradley_terry":
+        raise RewardError(f"{where} is not a bradley_terry config")
+    known = {f.name for f in fields(BTConfig)}
+    for key, value in raw.items():
+        if key not in known:
+            raise RewardError(f"{where}: unknown key {key!r}; valid keys: {', '.join(sorted(known))}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise RewardError(f"{where}: key {key!r} must be a whole number >= 1, got {value!r}")
+    return BTConfig(**raw)
 
 
 class BradleyTerryRewardModel(torch.nn.Module):
@@ -107,10 +126,7 @@ class BradleyTerryRewardModel(torch.nn.Module):
         if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
             raise RewardError(f"bradley_terry: no saved reward model in {str(directory)!r} "
                               f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})")
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-        if raw.pop("model_type", None) != "bradley_terry":
-            raise RewardError(f"bradley_terry: {str(directory / CONFIG_FILE)!r} is not a bradley_terry config")
-        model = cls(BTConfig(**raw))
+        model = cls(read_bt_config(directory / CONFIG_FILE))
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model.to(device).eval()
 

@@ -126,14 +126,18 @@ def _numbers(values: Any, who: str) -> np.ndarray:
 
 
 def check_values(values: Any, n: int, who: str) -> np.ndarray:
-    """Validate a reward's output: numeric, 1-D, length ``n``, finite in float32. ``who`` names the culprit."""
+    """Validate a reward's output: numeric, exactly 1-D of length ``n``, finite in float32. ``who`` names the
+    culprit. Nothing is reshaped: an ``(n, 1)`` or ``(1, n)`` array or a nested list is refused, because
+    flattening would silently accept a reward that scores something other than one value per completion
+    (a batch of logits, a transposed matrix)."""
     arr = _numbers(values, who)
     if arr.ndim == 0:
-        raise RewardError(f"{who} returned a scalar; expected one value per completion ({n})")
-    arr = arr.reshape(-1) if arr.ndim > 1 and arr.size == n else arr
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise RewardError(f"{who} returned {arr.shape[0] if arr.ndim == 1 else arr.shape} values "
-                          f"for {n} completions")
+        raise RewardError(f"{who} returned a scalar (shape ()); expected one value per completion, shape ({n},)")
+    if arr.ndim != 1:
+        raise RewardError(f"{who} returned an array of shape {arr.shape}; expected one value per completion, "
+                          f"a 1-D sequence of shape ({n},)")
+    if arr.shape[0] != n:
+        raise RewardError(f"{who} returned {arr.shape[0]} values for {n} completions")
     with np.errstate(invalid="ignore"):
         bad = np.flatnonzero(~(np.abs(arr) <= FLOAT32_MAX))
     if bad.size:

@@ -85,14 +85,16 @@ def test_every_algorithm_trains_logs_and_round_trips(tmp_path, env, name):
 
 @pytest.mark.parametrize("name", ["grao", "ppo", "dpo"])
 def test_resumed_training_equals_uninterrupted_training(tmp_path, env, name):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     kw = {"batch_size": 4, "max_new_tokens": 4, "seed": 1, **({"group_size": 3} if name != "dpo" else {})}
     straight = algos.make(name, random_policy(), **kw)
-    straight.learn(env, 4, progress=False)
+    straight.learn(env, max_steps=4, progress=False)
 
     first = algos.make(name, random_policy(), **kw)
-    first.learn(env, 2, checkpoint_every=2, checkpoint_dir=tmp_path, progress=False)
+    first.learn(env, max_steps=2, checkpoint_every=2, checkpoint_dir=tmp_path, progress=False)
     resumed = algos.make(name, random_policy(seed=99), **kw)  # different init: resume must overwrite it
-    history = resumed.learn(env, 4, resume_from=tmp_path / "step-2", progress=False)
+    history = resumed.learn(env, max_steps=4, resume_from=tmp_path / "step-2", progress=False)
 
     assert [h["step"] for h in history] == [1, 2, 3, 4]
     for a, b in zip(straight.policy.model.state_dict().values(), resumed.policy.model.state_dict().values(),
@@ -102,6 +104,8 @@ def test_resumed_training_equals_uninterrupted_training(tmp_path, env, name):
 
 
 def test_same_seed_same_numbers(env):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     runs = []
     for _ in range(2):
         agent = algos.make("grao", random_policy(), batch_size=2, group_size=3, max_new_tokens=4, seed=5)
@@ -113,7 +117,7 @@ def test_checkpoint_of_another_algorithm_is_refused(tmp_path, env):
     sft = algos.make("sft", random_policy(), batch_size=2)
     sft.learn(env, 1, checkpoint_every=1, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match="is for 'sft', not 'grao'"):
-        algos.make("grao", random_policy()).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+        algos.make("grao", random_policy()).learn(env, max_steps=2, resume_from=tmp_path / "step-1", progress=False)
 
 
 @pytest.mark.parametrize("name", ["grpo", "ppo", "grao"])

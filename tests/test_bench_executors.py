@@ -139,6 +139,8 @@ def test_a_quiet_run_says_it_is_still_going(monkeypatch):
 
 
 def test_two_local_workers_give_the_sequential_results(tmp_path, base_path, sequential):
+    # Bitwise, and so only within one process environment: both runs are made here, in this test, on this
+    # machine with this thread count and these library versions; never compared with recorded numbers.
     cfg = bench_config.load(tiny_config(tmp_path, base_path))
     lines = []
     pool = executors.LocalProcesses(2)

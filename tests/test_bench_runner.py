@@ -73,7 +73,7 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path, capsys):
     assert "unknown key 'colour'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["quick", "paper", "ablation", "hh"])
+@pytest.mark.parametrize("name", ["quick", "paper", "ablation", "hh", "real"])
 def test_shipped_configs_parse(name):
     cfg = bench_config.load(name)
     assert cfg.algorithms and cfg.tasks and cfg.seeds
@@ -153,7 +153,10 @@ def test_report_from_a_run_directory(tmp_path, base_path, capsys):
     runs = EventAccumulator(str(out / "tensorboard" / "textenv__Arithmetic-v0" / "grao" / "seed0"))
     runs.Reload()
     assert "_hparams_/session_start_info" in runs.PluginTagToContent("hparams")
-    assert "## Paired comparisons" in report and "## Sample efficiency" in report
+    assert "## Paired comparisons" in report and "## Sample efficiency" in report and "## Findings" in report
+    from algos.tiny import weights_sha256  # the report names the base checkpoint every cell started from
+
+    assert f"| base checkpoint (SHA-256 of its weights) | {weights_sha256(base_path)[:16]} |" in report
     (out / "report.md").unlink()
     assert cli(["report", str(out)]) == 0
     assert (out / "report.md").exists()

@@ -139,11 +139,11 @@ def test_lora_checkpoint_resume_equals_uninterrupted_training(chat_dir, tmp_path
         return Policy.from_pretrained(chat_dir, lora={"r": 4})
 
     straight = algos.make("grpo", fresh(), **kw)
-    straight.learn(env, 2, progress=False)
+    straight.learn(env, max_steps=2, progress=False)
     first = algos.make("grpo", fresh(), **kw)
-    first.learn(env, 1, checkpoint_every=1, checkpoint_dir=tmp_path, progress=False)
+    first.learn(env, max_steps=1, checkpoint_every=1, checkpoint_dir=tmp_path, progress=False)
     resumed = algos.make("grpo", fresh(), **kw)
-    resumed.learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+    resumed.learn(env, max_steps=2, resume_from=tmp_path / "step-1", progress=False)
     for a, b in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 

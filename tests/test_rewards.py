@@ -14,6 +14,7 @@ import pytest
 
 import rewards
 from rewards import RewardError
+from rewards.instructions import describe, satisfied
 from rewards.verifiable import normalize, parse_number
 
 
@@ -202,6 +203,51 @@ def test_keywords_errors():
         rewards.get("keywords")(["q"], ["x"])
     with pytest.raises(RewardError, match=r"reward 'keywords'.*column 'must' is None at index 1"):
         rewards.get("keywords", column="must")(["q", "q"], ["x", "y"], must=[["x"], None])
+
+
+
+@pytest.mark.parametrize(("text", "constraint", "met"), [
+    ("all in lowercase, 42.", "lowercase", True), ("Not lowercase", "lowercase", False), ("42", "lowercase", False),
+    ("no commas here", "no_commas", True), ("one, two", "no_commas", False),
+    ("I like Music a lot", "include:music", True), ("musical notes", "include:music", False),
+    ("musical notes", "exclude:music", True), ("music!", "exclude:music", False),
+    ("**Honestly**, it is fine.", "start_with:honestly", True), ("Well honestly", "start_with:Honestly", False),
+    ("Blue. THAT IS ALL.", "end_with:That is all.", True), ('"Blue. That is all."', "end_with:That is all.", True),
+    ("That is all. Bye", "end_with:That is all.", False),
+    ("one two three", "max_words:3", True), ("one two three four", "max_words:3", False),
+    ("one two three", "min_words:3", True), ("one two", "min_words:3", False),
+    ("", "exclude:music", False), ("   ", "max_words:3", False),  # an answer with no word meets nothing
+])
+def test_instruction_constraints_by_hand(text, constraint, met):
+    assert satisfied(text, constraint) is met
+
+
+def test_instructions_reward_is_the_share_met_or_all_at_the_prompt_level():
+    constraints = [["lowercase", "include:sea", "max_words:5"], ["no_commas"], []]
+    completions = ["the sea is blue today", "Yes, it is.", "anything"]
+    np.testing.assert_allclose(rewards.get("instructions")(["q"] * 3, completions, constraints=constraints),
+                               [1.0, 0.0, 1.0])
+    completions[0] = "The sea is blue"
+    np.testing.assert_allclose(rewards.get("instructions")(["q"] * 3, completions, constraints=constraints),
+                               [2 / 3, 0.0, 1.0])
+    prompt_level = rewards.get("instructions", level="prompt")(["q"] * 3, completions, constraints=constraints)
+    np.testing.assert_allclose(prompt_level, [0.0, 0.0, 1.0])
+    assert describe("max_words:12") == "Use at most 12 words."
+
+
+@pytest.mark.parametrize(("constraint", "message"), [
+    ("shout", r"unknown constraint kind 'shout' in 'shout'; kinds: end_with, exclude, include, lowercase"),
+    ("include", r"'include' needs argument, got 'include' \(write it as 'include:...'\)"),
+    ("lowercase:yes", r"'lowercase' takes no argument, got 'lowercase:yes'"),
+    ("max_words:ten", r"max_words needs a whole number of words, got 'max_words:ten'"),
+])
+def test_bad_instruction_constraints_are_named(constraint, message):
+    with pytest.raises(RewardError, match=message):
+        rewards.get("instructions")(["q"], ["x"], constraints=[[constraint]])
+    with pytest.raises(RewardError, match=r"no column 'constraints'.*put a list of constraint strings"):
+        rewards.get("instructions")(["q"], ["x"])
+    with pytest.raises(RewardError, match="level must be 'instruction' or 'prompt'"):
+        rewards.get("instructions", level="strict")
 
 
 # --------------------------------------------------------------------------- lexicon

@@ -9,8 +9,10 @@ import pytest
 
 import textenv
 from rewards import get
+from rewards.instructions import describe
 from textenv import TaskError, TextGenEnv, evaluate_completions
-from textenv.tasks import dialogue_task, hh_task, preference_task, sentiment_task
+from textenv.tasks import chat_sums_task, dialogue_task, hh_task, instructions_task, preference_task, sentiment_task
+from textenv.tasks import instructions as instructions_module
 from textenv.tasks import preference as preference_module
 from textenv.tasks.dialogue import DialogueQuality, dialogue_score
 
@@ -203,8 +205,9 @@ def test_preference_reward_is_learned_and_gold_is_the_judge(preference, dialogue
     r = preference.reward
     accuracy = np.mean(r([e.prompt for e in evals], [e.chosen for e in evals])
                        > r([e.prompt for e in evals], [e.rejected for e in evals]))
-    print(f"Preference-v0 learned reward: held-out pair accuracy {accuracy:.3f} (asserted > 0.75)")
-    assert accuracy > 0.75  # held-out pairs
+    # Observed at 1 and 2 threads: 0.896, 0.396 above chance (0.5).
+    print(f"Preference-v0 learned reward: held-out pair accuracy {accuracy:.3f} (asserted above chance by > 0.25)")
+    assert accuracy - 0.5 > 0.25  # held-out pairs
     out = evaluate_completions(preference, evals, [e.reference for e in evals])
     assert out["gold_tie"] == 1.0 and "helpful/gold_ras" in out
 
@@ -265,3 +268,54 @@ def test_hh_hub_without_network(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(TaskError, match=r"'Anthropic/hh-rlhf'.*needs a network"):
         hh_task(hub="Anthropic/hh-rlhf", reward="vader")
+
+
+# ---- chat tasks for a pretrained chat model (ChatSums-v0, Instructions-v0) -----------------------
+
+@pytest.mark.parametrize("factory", [chat_sums_task, instructions_task])
+def test_chat_tasks_are_conversational_deterministic_and_hold_out_eval(factory):
+    task, again, other = factory(seed=0), factory(seed=0), factory(seed=1)
+    assert task.splits == again.splits and task.splits != other.splits and task.corpus is None
+    train, evals = task.split("train"), task.split("eval")
+    assert len(evals) >= 48 and len(train) >= 70
+    for ex in train + evals:
+        assert [m["role"] for m in ex.prompt] == ["user"] and [m["role"] for m in ex.reference] == ["assistant"]
+        assert ex.chosen == ex.reference and ex.rejected != ex.reference
+    assert not {ex.prompt[0]["content"] for ex in train} & {ex.prompt[0]["content"] for ex in evals}
+
+
+@pytest.mark.parametrize("factory", [chat_sums_task, instructions_task])
+def test_every_chat_reference_scores_one_and_every_rejected_answer_less(factory):
+    env = TextGenEnv(factory())
+    for split in ("train", "eval"):
+        examples = env.task.split(split)
+        references, _ = env.score(examples, [textenv.message_text(ex.reference) for ex in examples])
+        rejected, _ = env.score(examples, [textenv.message_text(ex.rejected) for ex in examples])
+        assert references.tolist() == [1.0] * len(examples)
+        assert (rejected < 1.0).all()
+
+
+@pytest.mark.parametrize(("completion", "reward"), [
+    ("12", 1.0), ("5 + 7 = 12", 1.0), ("The answer is 12.", 1.0), ("12, no wait, 13", 0.0), ("twelve", 0.0),
+    ("5 + 7 = 13", 0.0),
+])
+def test_chat_sums_rewards_the_last_number(completion, reward):
+    env = textenv.make("textenv/ChatSums-v0")
+    prompt = [{"role": "user", "content": "What is 5 + 7? Reply with the number only."}]
+    example = textenv.Example(prompt, reference=[{"role": "assistant", "content": "12"}])
+    assert env.unwrapped.score([example], [completion])[0].tolist() == [reward]
+
+
+def test_instructions_prompts_say_their_constraints_and_mix_the_kinds():
+    task = instructions_task(constraints_per_prompt=3)
+    kinds = {c.split(":")[0] for ex in task.split("train") for c in ex.meta["constraints"]}
+    assert kinds == set(instructions_module.KINDS)
+    ex = task.split("eval")[0]
+    assert len(ex.meta["constraints"]) == 3
+    assert all(describe(c) in ex.prompt[0]["content"] for c in ex.meta["constraints"])
+    env = TextGenEnv(task)
+    # A completion that meets some constraints: reward = the share met, the metric all_met = 0.
+    metrics = evaluate_completions(env, task.split("eval")[:8], ["Well, it is fine."] * 8)
+    assert 0.0 <= metrics["all_met"] <= metrics["reward"] < 1.0
+    with pytest.raises(TaskError, match="constraints_per_prompt must be in 1..7"):
+        instructions_task(constraints_per_prompt=8)

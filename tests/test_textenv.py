@@ -26,7 +26,8 @@ from textenv import (
     evaluate_examples,
 )
 
-BUILTIN = ["textenv/Arithmetic-v0", "textenv/Sentiment-v0", "textenv/Dialogue-v0", "textenv/Preference-v0"]
+BUILTIN = ["textenv/Arithmetic-v0", "textenv/Sentiment-v0", "textenv/Dialogue-v0", "textenv/Preference-v0",
+           "textenv/ChatSums-v0", "textenv/Instructions-v0"]
 # A reward model small enough to train in about a second; cached under a per-session directory.
 FAST_BT = {"bt_steps": 20, "bt_config": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
                                          "intermediate_size": 32, "max_length": 160}}

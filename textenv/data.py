@@ -41,6 +41,7 @@ import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +61,13 @@ def _meta_map(meta: Sequence[str] | Mapping[str, str] | None) -> dict[str, str]:
     return dict(meta) if isinstance(meta, Mapping) else {c: c for c in meta}
 
 
-def _text_fields(prompt: str | None, reference: str | None, messages: str | None) -> dict[str, str | None]:
+def _text_fields(prompt: str | None, reference: str | None, messages: str | None, source: str,
+                 ) -> dict[str, str | None]:
     """Which column feeds the prompt and which the reference (``messages=`` feeds both)."""
     if messages is None:
         return {"prompt": prompt, "reference": reference}
     if prompt != TRL_PROMPT or reference is not None:
-        raise TaskError(f"messages={messages!r} gives both the prompt and the reference; "
+        raise TaskError(f"{source}: messages={messages!r} gives both the prompt and the reference; "
                         f"drop prompt={prompt!r} and reference={reference!r}")
     return {"prompt": messages, "reference": None}
 
@@ -101,7 +103,7 @@ def plan_columns(columns: Sequence[str], source: str, *, prompt: str | None = TR
                  reference: str | None = None, chosen: str | None = None, rejected: str | None = None,
                  meta: Sequence[str] | Mapping[str, str] | None = None, messages: str | None = None) -> ColumnPlan:
     """Decide where every column goes (the rules are in the module doc); a bad mapping is a TaskError."""
-    fields = {**_text_fields(prompt, reference, messages), "chosen": chosen, "rejected": rejected}
+    fields = {**_text_fields(prompt, reference, messages, source), "chosen": chosen, "rejected": rejected}
     pair = chosen is not None and rejected is not None
     if prompt is None and not pair:
         raise TaskError(f"{source}: prompt=None takes the prompt from the shared start of chosen and rejected; "
@@ -216,6 +218,8 @@ def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, 
                           meta: Sequence[str] | Mapping[str, str] | None = None,
                           messages: str | None = None) -> list[Example]:
     """Examples from a column table (``{name: values}``) with the column rules of the module doc."""
+    check_options(source, {"prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected,
+                           "meta": meta, "messages": messages})
     plan = plan_columns(list(columns), source, prompt=prompt, reference=reference, chosen=chosen,
                         rejected=rejected, meta=meta, messages=messages)
     missing = [c for c in plan.named if c not in columns]
@@ -245,6 +249,7 @@ def examples_from_columns(columns: Mapping[str, Sequence[Any]], source: str, *, 
 def examples_from_records(records: Sequence[Mapping[str, Any]], source: str, **mapping: Any) -> list[Example]:
     """Examples from row dicts (JSON lines). Every named column must be in every row (else an error naming the
     row); another column missing from some rows is None there, as ``datasets`` reads such a file."""
+    check_options(source, mapping)
     if not records:
         raise TaskError(f"{source}: the dataset is empty (no rows)")
     present = list(dict.fromkeys(c for row in records for c in row))
@@ -268,8 +273,53 @@ def _lines(f: Any, path: Path) -> Iterable[bytes]:
 
 def check_limit(limit: int | None, source: Any) -> None:
     """``limit`` keeps the first rows: None (all) or an integer >= 0; a negative one would drop from the end."""
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise TaskError(f"{str(source)!r}: limit must be None or an integer >= 0, got {limit!r}")
+    check_options(repr(str(source)), {"limit": limit})
+
+
+def _meta_strings(meta: Any) -> list[Any] | None:
+    """The names a ``meta=`` option is made of (keys and columns), or None when it has no valid shape."""
+    if meta is None or isinstance(meta, str):
+        return [] if meta is None else [meta]
+    if isinstance(meta, Mapping):
+        return [*meta.keys(), *meta.values()]
+    return list(meta) if isinstance(meta, list | tuple) else None
+
+
+def _option_problem(key: str, value: Any, flags: Sequence[str]) -> str | None:
+    """What is wrong with one loader option (None if nothing); see ``check_options`` for the rules."""
+    if key in flags:
+        return None if isinstance(value, bool) else "must be True or False"
+    if key == "limit":
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+        return None if ok else "must be None or an integer >= 0"
+    if key == "path":
+        return None if isinstance(value, str | PathLike) else "must be a path (str or pathlib.Path)"
+    if key == "meta":
+        names = _meta_strings(value)
+        ok = names is not None and all(isinstance(n, str) for n in names)
+        return None if ok else ("must be None, a column name, a list of column names or a {meta key: column} "
+                                "dict of strings")
+    if key == "split":
+        return None if isinstance(value, str) and value else "must be a non-empty string"
+    if key == "prompt":  # None: the prompt is the shared start of chosen and rejected (implicit prompt)
+        return None if value is None or (isinstance(value, str) and value) else "must be a non-empty string or None"
+    return None if value is None or isinstance(value, str) else "must be a string or None"
+
+
+def check_options(where: str, options: Mapping[str, Any], *, flags: Sequence[str] = ()) -> None:
+    """A loader's options, checked before anything is read: a wrong one is a TaskError naming ``where`` (the
+    source) and the option, instead of a raw TypeError deep in the loader or a silently empty column.
+
+    ``split`` is a non-empty string, ``prompt`` one or None (an implicit prompt); ``path`` a str or ``Path``;
+    ``limit`` None or an integer >= 0; ``meta`` None, a column name, a list of them or a {meta key: column}
+    dict of strings; the options
+    named in ``flags`` True or False; every other one (optional column names, ``messages``, ``data_dir``,
+    ``subset``) a string or None.
+    """
+    for key, value in options.items():
+        problem = _option_problem(key, value, flags)
+        if problem is not None:
+            raise TaskError(f"{where}: {key} {problem}, got {value!r}")
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -304,7 +354,8 @@ def load_jsonl(path: str | Path, *, prompt: str | None = TRL_PROMPT, reference: 
                meta: Sequence[str] | Mapping[str, str] | None = None, limit: int | None = None,
                messages: str | None = None) -> list[Example]:
     """Examples from a JSON-lines file (``.gz`` too), with the column mapping described in the module doc."""
-    check_limit(limit, path)
+    check_options(repr(str(path)), {"path": path, "prompt": prompt, "reference": reference, "chosen": chosen,
+                                    "rejected": rejected, "meta": meta, "limit": limit, "messages": messages})
     rows = read_jsonl(path)[:limit]
     return examples_from_records(rows, repr(str(path)), prompt=prompt, reference=reference, chosen=chosen,
                                  rejected=rejected, meta=meta, messages=messages)
@@ -358,7 +409,9 @@ def load_hf(source: Any, split: str = "train", *, prompt: str | None = TRL_PROMP
             meta: Sequence[str] | Mapping[str, str] | None = None, data_dir: str | None = None,
             limit: int | None = None, messages: str | None = None, **load_kw: Any) -> list[Example]:
     """Examples from a Hugging Face dataset (object, local path or hub name) with a column mapping."""
-    check_limit(limit, source if isinstance(source, str | Path) else "dataset")
+    check_options(repr(str(source)) if isinstance(source, str | Path) else "load_hf(dataset)",
+                  {"split": split, "prompt": prompt, "reference": reference, "chosen": chosen, "rejected": rejected,
+                   "meta": meta, "data_dir": data_dir, "limit": limit, "messages": messages})
     ds = hf_dataset(source, split, data_dir=data_dir, **load_kw)
     name = repr(str(source)) if isinstance(source, str | Path) else f"dataset (split {split!r})"
     if limit is not None:
@@ -439,7 +492,9 @@ def load_hh(source: Any, split: str = "train", *, subset: str | None = None, dat
     Each example's ``meta["subset"]`` is ``subset``, or else read from ``data_dir`` / the file path.
     ``messages=True`` gives message lists for chat models (one message per turn) instead of HH text.
     """
-    check_limit(limit, source if isinstance(source, str | Path) else "HH dataset")
+    check_options(repr(str(source)) if isinstance(source, str | Path) else "load_hh(dataset)",
+                  {"split": split, "subset": subset, "data_dir": data_dir, "limit": limit, "messages": messages},
+                  flags=("messages",))
     where = " ".join(str(x) for x in (data_dir, source if isinstance(source, str | Path) else None) if x)
     label = subset or subset_label(where, default=data_dir or "hh")
     path = Path(source) if isinstance(source, str | Path) else None

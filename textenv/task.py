@@ -97,7 +97,8 @@ def split_conversation(messages: Any, where: str) -> tuple[list[Message], list[M
 class Example:
     """One prompt, with what the task knows about good answers to it.
 
-    Each text is a string or messages (see the module doc); message lists are checked and copied.
+    Each text is a string or messages (see the module doc); message lists are checked and copied, and so
+    is ``meta``, a dict with string keys. A wrong field is a ``TaskError`` naming it.
     """
 
     prompt: Text
@@ -111,6 +112,19 @@ class Example:
             value = getattr(self, name)
             if value is not None or name == "prompt":
                 object.__setattr__(self, name, check_text(value, f"Example.{name}", answer=name != "prompt"))
+        object.__setattr__(self, "meta", check_meta(self.meta, "Example.meta"))
+
+
+def check_meta(meta: Any, where: str) -> dict[str, Any]:
+    """A copy of ``meta`` as a dict with string keys (they become the reward's keyword columns)."""
+    if not isinstance(meta, Mapping):
+        raise TaskError(f"{where} must be a dict of str keys, got {type(meta).__name__}")
+    bad = [k for k in meta if not isinstance(k, str)]
+    if bad:
+        bad = bad[0]
+        raise TaskError(f"{where}: key {bad!r} is {type(bad).__name__}, expected str (meta keys become the "
+                        "reward's keyword columns)")
+    return dict(meta)
 
 
 @dataclass

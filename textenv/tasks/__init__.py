@@ -1,13 +1,16 @@
 """Built-in tasks, registered as ``textenv/<Name>-v0`` when ``textenv`` is imported.
 
-Each factory is deterministic given its ``seed`` and builds "train" and "eval" splits, references,
-preference pairs and a small mixed-quality ``corpus`` for pretraining a tiny base model.
+Each factory is deterministic given its ``seed`` and builds "train" and "eval" splits, references and
+preference pairs. The tasks for the tiny base models also build a small mixed-quality ``corpus`` to pretrain
+one on; ChatSums-v0 and Instructions-v0 are chat tasks for a pretrained chat model (``"smollm2"``) and have none.
 """
 
 from textenv.registry import register
 from textenv.tasks.arithmetic import arithmetic_task
+from textenv.tasks.chat_sums import chat_sums_task
 from textenv.tasks.dialogue import dialogue_task
 from textenv.tasks.hh import hh_task
+from textenv.tasks.instructions import instructions_task
 from textenv.tasks.preference import preference_task
 from textenv.tasks.sentiment import sentiment_task
 
@@ -17,9 +20,12 @@ BUILTIN = {
     "textenv/Dialogue-v0": dialogue_task,
     "textenv/Preference-v0": preference_task,
     "textenv/HH-v0": hh_task,
+    "textenv/ChatSums-v0": chat_sums_task,
+    "textenv/Instructions-v0": instructions_task,
 }
 
 for _id, _factory in BUILTIN.items():
     register(_id, _factory)
 
-__all__ = ["BUILTIN", "arithmetic_task", "dialogue_task", "hh_task", "preference_task", "sentiment_task"]
+__all__ = ["BUILTIN", "arithmetic_task", "chat_sums_task", "dialogue_task", "hh_task", "instructions_task",
+           "preference_task", "sentiment_task"]

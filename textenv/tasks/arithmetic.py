@@ -21,13 +21,13 @@ def _answer(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b
 
 
-def _problems(max_operand: int, ops: str) -> list[tuple[int, str, int]]:
+def all_problems(max_operand: int, ops: str) -> list[tuple[int, str, int]]:
     """Every problem of the task; subtraction keeps a >= b so answers are never negative."""
     return [(a, op, b) for op in ops for a in range(max_operand + 1) for b in range(max_operand + 1)
             if op != "-" or a >= b]
 
 
-def _wrong(answer: int, rng: np.random.Generator) -> int:
+def wrong_answer(answer: int, rng: np.random.Generator) -> int:
     """A plausible mistake: off by one or two, a dropped carry (off by ten), or reversed digits."""
     kind = rng.integers(4)
     if kind == 3 and answer >= 10 and str(answer) != str(answer)[::-1]:
@@ -61,7 +61,7 @@ def arithmetic_task(seed: int = 0, n_train: int | None = None, n_eval: int = 200
     if not ops or set(ops) - {"+", "-"}:
         raise TaskError(f"Arithmetic-v0: ops must be a non-empty subset of '+-', got {ops!r}")
     rng = np.random.default_rng(seed)
-    problems = _problems(max_operand, ops)
+    problems = all_problems(max_operand, ops)
     order = rng.permutation(len(problems))
     n_train = len(problems) - n_eval if n_train is None else n_train
     if n_eval < 1 or n_train < 1 or n_eval + n_train > len(problems):
@@ -72,14 +72,14 @@ def arithmetic_task(seed: int = 0, n_train: int | None = None, n_eval: int = 200
         a, op, b = problems[k]
         answer = _answer(a, op, b)
         return Example(prompt=f"{a}{op}{b}=", reference=str(answer), chosen=str(answer),
-                       rejected=str(_wrong(answer, rng)), meta={"op": op})
+                       rejected=str(wrong_answer(answer, rng)), meta={"op": op})
 
     evals = [example(int(k)) for k in order[:n_eval]]
     train = [example(int(k)) for k in order[n_eval:n_eval + n_train]]
     corpus = []
     for ex in train:
         for _ in range(repeats):
-            answer = ex.reference if rng.random() >= noise else str(_wrong(int(ex.reference), rng))
+            answer = ex.reference if rng.random() >= noise else str(wrong_answer(int(ex.reference), rng))
             corpus.append(ex.prompt + answer)
     # A garbled train line must not turn into an eval prompt (e.g. "12+35=1" from "12+3=15").
     held_out = {ex.prompt for ex in evals}
