@@ -27,8 +27,9 @@ from benchmarks.stats import Result, paired_table, summarize, unique_results
 
 def cell_spread(a: Iterable[Result], b: Iterable[Result], metrics: Sequence[str] = ("reward", "ras", "nag"),
                 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """{task: {metric: {"cells", "mean_abs", "max_abs", "max_cell", "ci95"}}} over the (algorithm, seed)
-    cells both runs have; ``ci95`` is the mean over algorithms of run A's 95% half-width over seeds."""
+    """{task: {metric: {"cells", "differ", "mean_abs", "max_abs", "max_cell", "ci95"}}} over the (algorithm,
+    seed) cells both runs have (``differ``: how many of them are not equal to the last bit); ``ci95`` is the
+    mean over algorithms of run A's 95% half-width over seeds."""
     index = {(r["task"], r["algorithm"], r.get("seed")): r for r in unique_results(b)}
     a = unique_results(a)
     summary = summarize(a)
@@ -46,7 +47,8 @@ def cell_spread(a: Iterable[Result], b: Iterable[Result], metrics: Sequence[str]
             widths = [s[metric]["ci95"] for s in summary[task].values()
                       if metric in s and isinstance(s[metric].get("ci95"), int | float)]
             out.setdefault(task, {})[metric] = {
-                "cells": len(pairs), "mean_abs": float(values.mean()), "max_abs": float(values.max()),
+                "cells": len(pairs), "differ": int((values > 0).sum()), "mean_abs": float(values.mean()),
+                "max_abs": float(values.max()),
                 "max_cell": pairs[int(values.argmax())][1],
                 "ci95": float(np.mean(widths)) if widths else math.nan}
     return out
@@ -85,15 +87,21 @@ def compare_markdown(a: Sequence[Result], b: Sequence[Result], names: tuple[str,
              "half-width over seeds of A's algorithms: a spread well inside that half-width is noise the "
              "seeds already show.", ""]
     spread = cell_spread(a, b)
-    lines += md_table(["task", "metric", "cells", "mean |B − A|", "max |B − A| (cell)", "95% half-width over seeds"],
-                      [[t, m, str(s["cells"]), f"{s['mean_abs']:.3f}", f"{s['max_abs']:.3f} ({s['max_cell']})",
-                        f"{s['ci95']:.3f}"] for t, by in spread.items() for m, s in by.items()])
+    header = ["task", "metric", "cells (differing)", "mean |B − A|", "max |B − A| (cell)", "95% half-width over seeds"]
+    lines += md_table(header,
+                      [[t, m, f"{s['cells']} ({s['differ']})", f"{s['mean_abs']:.3f}",
+                        f"{s['max_abs']:.3f} ({s['max_cell']})", f"{s['ci95']:.3f}"]
+                       for t, by in spread.items() for m, s in by.items()])
     rows = significance_agreement(a, b)
-    found = [r for r in rows if r["A"] in "<>" or r["B"] in "<>"]
-    agree = sum(r["agree"] for r in rows)
+    both = [r for r in rows if "—" not in (r["A"], r["B"])]
+    found = [r for r in both if r["A"] in "<>" or r["B"] in "<>"]
+    agree = sum(r["agree"] for r in both)
+    alone = len(rows) - len(both)
     lines += ["", "## Paired comparisons: does each run find the same differences?", "",
-              f"{agree} of {len(rows)} comparisons get the same verdict in both runs (> or <: the 95% paired "
-              "interval excludes 0, · it does not). The comparisons either run finds:", ""]
+              f"{agree} of the {len(both)} comparisons both runs make get the same verdict in both (> or <: the "
+              "95% paired interval excludes 0, · it does not)"
+              + (f"; {alone} more are made by one run only (a task or algorithm the other lacks)" if alone else "")
+              + ". The comparisons either run finds:", ""]
     lines += md_table(["task", "metric", "A − B", f"{na}", f"{nb}", "Δ in A", "Δ in B", "same"],
                       [[r["task"], r["metric"], f"{r['a']} − {r['b']}", r["A"], r["B"],
                         "—" if r["diff_A"] is None else f"{r['diff_A']:+.3f}",

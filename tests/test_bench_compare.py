@@ -24,7 +24,7 @@ def two_runs():
 def test_cell_spread_by_hand():
     a, b = two_runs()
     spread = cell_spread(a, b)["T"]["reward"]
-    assert spread["cells"] == 6  # 2 algorithms x 3 seeds
+    assert spread["cells"] == 6 and spread["differ"] == 4  # 2 algorithms x 3 seeds; 3 grao cells + sft seed 1
     assert spread["mean_abs"] == pytest.approx((3 * 0.01 + 0.05) / 6)
     assert spread["max_abs"] == pytest.approx(0.05) and spread["max_cell"] == "sft seed 1"
     widths = [s["reward"]["ci95"] for s in summarize(a)["T"].values()]
@@ -42,6 +42,9 @@ def test_identical_runs_agree_on_every_verdict_and_a_lost_effect_is_flagged():
     rows = {(r["a"], r["b"], r["metric"]): r for r in significance_agreement(a, b)}
     assert rows["grao", "base model", "reward"]["B"] == "·" and not rows["grao", "base model", "reward"]["agree"]
     assert "| T | reward | grao − base model | > | · |" in compare_markdown(a, b)
+    without_sft = [r for r in a if r["algorithm"] == "grao"]  # grao − sft and sft − base: run A's only
+    text = compare_markdown(a, without_sft)
+    assert "of the 2 comparisons both runs make" in text and "4 more are made by one run only" in text
 
 
 def test_the_command_line_reads_two_run_folders(tmp_path, capsys):

@@ -134,8 +134,8 @@ def test_lora_reference_is_the_adapter_off_model_and_only_the_adapter_trains(cha
 def test_lora_checkpoint_resume_equals_uninterrupted_training(chat_dir, tmp_path):
     env, kw = chat_env(), {"batch_size": 2, "group_size": 2, "max_new_tokens": 4, "lr": 1e-2}
 
-    def fresh():
-        torch.manual_seed(0)  # LoRA initialises its A matrices from torch's global generator
+    def fresh():  # peft draws the adapter's initial weights from the global RNG: the same start each time
+        torch.manual_seed(0)
         return Policy.from_pretrained(chat_dir, lora={"r": 4})
 
     straight = algos.make("grpo", fresh(), **kw)
