@@ -220,10 +220,9 @@ def one_process_model_dir(agent: algos.Agent) -> Path:
     return Path(agent.policy.model.config._name_or_path)
 
 
+@pytest.mark.parametrize("launched", ["fsdp"], indirect=True)  # an FSDP2 option: only its launch runs it
 def test_fsdp2_accumulating_unsharded_gradients_trains_as_one_process(launched, one_process):
     engine, out = launched
-    if engine != "fsdp":
-        pytest.skip("an FSDP2 option")
     two, want = load_file(out / "sft-unsharded-accumulation.safetensors"), full_weights(one_process["sft"])
     for key, value in want.items():
         assert torch.allclose(two[key], value, rtol=0, atol=TOLERANCE[engine]), key
