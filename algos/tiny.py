@@ -251,10 +251,11 @@ def weights_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_dir_name(task: Task, recipe: TinyRecipe) -> str:
-    """``<task>-<key>``: the folder a tiny model of this task and recipe lives in, shipped or cached."""
+def model_dir_name(task: Task, recipe: TinyRecipe, docs: list[str] | None = None) -> str:
+    """``<task>-<key>``: the folder a tiny model of this task and recipe lives in, shipped or cached
+    (``docs``: the pretraining documents, when the caller has them already)."""
     name = task.name.removeprefix("textenv/").replace("/", "_")
-    return f"{name}-{cache_key(recipe, documents(task, recipe))}"
+    return f"{name}-{cache_key(recipe, documents(task, recipe) if docs is None else docs)}"
 
 
 def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str | Path | None = None,
@@ -268,13 +269,13 @@ def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str |
     to a temporary directory and renamed into place, so an interrupted run never leaves half a model.
     """
     recipe = recipe or default_recipe(task.name)
-    folder = model_dir_name(task, recipe)
+    docs = documents(task, recipe)
+    folder = model_dir_name(task, recipe, docs)
     expected = {"recipe": dataclasses.asdict(recipe), "code_version": CODE_VERSION}
     if shipped and (SHIPPED_DIR / folder / "tiny_recipe.json").exists():
         check_marker(SHIPPED_DIR / folder / "tiny_recipe.json", expected)
         _say(f"tiny base model for {task.name}: the shipped {folder}", progress)
         return SHIPPED_DIR / folder
-    docs = documents(task, recipe)
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     path = root / "tiny" / folder
     if (path / "tiny_recipe.json").exists():

@@ -586,7 +586,8 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     records = prompt_records(results)
     paired = paired_table(results, first=targets)
     lines += _paired_section(paired)
-    lines += findings_section(paired)
+    findings = findings_section(paired)
+    lines += findings
     rel_lines, relative = _relative_section(summary, targets, records, subset_keys)
     lines += rel_lines
     efficiency = sample_efficiency(results)
@@ -599,7 +600,7 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
                               "tasks": tasks, "algorithms": algorithms, "seeds": seeds, "targets": targets,
                               "setup": setup, "summary": summary, "base": base, "relative": relative,
                               "compute": ctable, "compute_totals": totals, "paired": paired,
-                              "findings": findings_section(paired)[4:-1],
+                              "findings": [line for line in findings if line.startswith("- ")],
                               "paired_method": PAIRED_METHOD, "sample_efficiency": efficiency,
                               "paper_step_claim": step_claim}
     if paper_protocol:

@@ -266,4 +266,4 @@ def test_findings_claim_exactly_the_significant_comparisons(tmp_path):
                 assert f"{c['a']} > {c['b']} (" not in line and f"{c['b']} > {c['a']} (" not in line
     grao = report["paired"]["textenv/Arithmetic-v0"]["reward"][0]
     assert grao["significant"] and "grao > base model (+" in findings
-    assert report["findings"] == [x for x in findings.splitlines()[4:] if x]
+    assert report["findings"] == [x for x in findings.splitlines() if x.startswith("- ")]
