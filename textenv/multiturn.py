@@ -246,6 +246,13 @@ class MultiTurnEnv(gym.Env[str, str]):
         """The conversation so far (a copy)."""
         return copy.deepcopy(self._episode.messages) if self._episode else []
 
+    @property
+    def state(self) -> Any:
+        """The task's state of the current episode (what ``oracle`` reads; tools get it as ``self``)."""
+        if self._episode is None:
+            raise gym.error.ResetNeeded(f"{self.env_id}: call reset() before reading state")
+        return self._episode.state
+
     def render_conversation(self, messages: Sequence[Message], add_generation_prompt: bool = False) -> str:
         return render_conversation(messages, self.toolbox.schemas, self.tokenizer, add_generation_prompt)
 

@@ -7,9 +7,17 @@ Reward: 0 on every turn, and on the last one ``discount ** (guesses - 1)`` if th
 (1.0 with the default ``discount=1``), else 0. Oracle: bisection of the interval the replies leave,
 which finds any number of ``1..high`` in at most ``floor(log2(high)) + 1`` guesses (7 for 100).
 
-Measured over the 500 eval-style episodes of ``tests/test_multiturn_tasks.py`` (rows 1..h, h in 8..100,
-``max_turns=10``): oracle 1.000 (every episode); a guesser uniform over ``low..high`` that ignores the
-replies about 0.19; random text 0.0.
+Random vs oracle, measured on the 200 eval rows (seed 0: h in 8..100, ``max_turns=10``; checked by
+``tests/test_multiturn_tasks.py``), mean reward (mean guesses):
+
+    policy                                        discount=1       discount=0.9
+    oracle (bisection)                            1.000 (5.1)      0.655
+    uniform in the interval the replies leave     0.935 (6.3)      0.567
+    uniform in low..high, ignoring the replies    0.175 (9.1)      0.121
+    text without a number (always invalid)        0.0              0.0
+
+Following the replies at all is most of the skill at ``discount=1``; ``discount < 1`` also pays for
+bisecting.
 """
 
 from __future__ import annotations

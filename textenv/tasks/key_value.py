@@ -8,8 +8,10 @@ invalid action (the env reminds the model of the tools). Reward: 0 on every turn
 submitted number is the one at the end of the chain, else 0 (also when ``max_turns`` runs out).
 Oracle: ``get`` each key of the chain in turn, one call per turn, then ``submit`` (hops + 1 turns).
 
-Measured over 300 episodes in ``tests/test_multiturn_tasks.py`` (3 chains of 2-4 hops): oracle 1.000;
-submitting a number of the store drawn at random about 0.33 (1 / n_chains); random text 0.0.
+Random vs oracle on the 200 eval rows (seed 0, 3 chains of 2-4 hops; checked by
+``tests/test_multiturn_tasks.py``): oracle 1.000 in hops + 1 turns; submitting at once a number of the
+store drawn at random (a policy that peeks at the store) 0.305, i.e. about 1 / n_chains; text without a
+tool call 0.0 (every turn invalid, truncated at ``max_turns``).
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ with the lowest reward, 0: an invalid move never earns partial credit. Reward: 0
 1.0 if the model took the last stone, else 0. ``max_turns`` defaults to the longest legal game, so a
 legal game always terminates. Oracle: the move that makes the nim-sum zero.
 
-Measured over all 280 eval-and-train start positions' episodes in ``tests/test_multiturn_tasks.py``
-(3 heaps of 1-7): oracle 1.000; uniformly random legal moves about 0.06; random text 0.0.
+Random vs oracle over all 301 start positions (3 heaps of 1..7 with a non-zero nim-sum; 241 train,
+60 eval at seed 0; checked by ``tests/test_multiturn_tasks.py``): oracle 1.000; uniformly random legal
+moves (a heap with stones, then a count) 0.027 (8 of 301); text without a move 0.0.
 """
 
 from __future__ import annotations
