@@ -120,6 +120,8 @@ class MultiTurnTask:
 
 def check_multiturn_task(task: Any, where: str = "MultiTurnEnv") -> None:
     """Raise a TaskError naming the task and the attribute when ``task`` cannot be played."""
+    if isinstance(task, type) and issubclass(task, MultiTurnTask):
+        raise TaskError(f"{where} needs a task instance, got the class {task.__name__}; pass {task.__name__}()")
     if not isinstance(task, MultiTurnTask):
         raise TaskError(f"{where} needs a textenv.MultiTurnTask, got {type(task).__name__}")
     label = f"task {task.name!r}" if task.name else f"task {type(task).__name__}"
