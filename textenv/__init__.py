@@ -5,7 +5,8 @@
     prompt, info = env.reset(seed=0)
     _, reward, terminated, truncated, info = env.step(" Boil water and add milk.")
 
-Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0 (see ``textenv.tasks``);
+Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0, and the multi-turn
+GuessNumber-v0, KeyValue-v0 (tools) and Nim-v0 (see ``textenv.tasks`` and ``textenv.multiturn``);
 ``textenv.register`` adds your own, and installed packages add theirs through the "textenv.envs"
 entry-point group (see ``textenv.registry``).
 """
@@ -16,6 +17,7 @@ from textenv.batched import batched
 from textenv.data import extract_prompt, hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
 from textenv.metrics import evaluate_completions, evaluate_examples
+from textenv.multiturn import MultiTurnEnv, MultiTurnTask, Reply, make_group, render_conversation
 from textenv.registry import (
     ENTRY_POINT_GROUP,
     EnvNotFound,
@@ -38,17 +40,22 @@ from textenv.task import (
     message_text,
 )
 from textenv.token_env import TokenEnv
+from textenv.tools import Toolbox, format_tool_call, parse_tool_calls, tool_schema
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EnvNotFound",
     "Example",
+    "MultiTurnEnv",
+    "MultiTurnTask",
+    "Reply",
     "Task",
     "TaskError",
     "TextGenEnv",
     "TextSpace",
     "TextVectorEnv",
     "TokenEnv",
+    "Toolbox",
     "batched",
     "check_task_kwargs",
     "columns_of",
@@ -56,6 +63,7 @@ __all__ = [
     "evaluate_completions",
     "evaluate_examples",
     "extract_prompt",
+    "format_tool_call",
     "hf_dataset",
     "is_conversational",
     "list_envs",
@@ -64,12 +72,16 @@ __all__ = [
     "load_jsonl",
     "load_plugins",
     "make",
+    "make_group",
     "make_task",
     "make_vec",
     "message_text",
     "parse_hh",
+    "parse_tool_calls",
     "prompt_text",
     "register",
+    "render_conversation",
     "render_messages",
+    "tool_schema",
     "unregister",
 ]

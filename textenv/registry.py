@@ -8,7 +8,13 @@
 ``defaults`` (and the keyword arguments of ``make``) go to the task factory, except the environment
 options ``level`` ("text" | "token"), ``split``, ``max_length``, ``render_mode``, ``tokenizer``,
 ``max_prompt_tokens``, ``max_new_tokens``, ``add_bos`` and ``task`` (a prebuilt ``Task``, which skips
-the factory). An option that does not apply to the chosen level is an error. The envs are registered
+the factory). An option that does not apply to the chosen level is an error.
+
+A factory may also return a ``textenv.MultiTurnTask`` (or be one, e.g. a ``MultiTurnTask`` subclass whose
+``__init__`` takes the task arguments): ``make`` then gives a ``MultiTurnEnv``, whose options are ``split``,
+``max_length``, ``max_turns``, ``tokenizer``, ``max_observation_length``, ``render_mode`` and ``task``.
+Multi-turn envs have no token level and no vector form; ``textenv.multiturn.make_group`` gives G envs
+of one task. The envs are registered
 without Gymnasium's checker and order-enforcing wrappers: the env checks its own inputs, and
 ``gymnasium.utils.env_checker.check_env`` passes on every built-in env (tests/test_textenv.py), so
 ``make`` returns the env itself and its batched API (``env.sample``, ``env.score``) is in reach.
@@ -44,15 +50,17 @@ import gymnasium
 from gymnasium.envs.registration import parse_env_id
 
 from textenv.env import TextGenEnv, TextVectorEnv
+from textenv.multiturn import MULTITURN_OPTIONS, MultiTurnEnv, MultiTurnTask
 from textenv.task import Task, TaskError
 from textenv.token_env import TokenEnv
 
 ENTRY_POINT_GROUP = "textenv.envs"
 TEXT_OPTIONS = frozenset({"split", "max_length", "render_mode"})
 TOKEN_OPTIONS = frozenset({"split", "tokenizer", "max_prompt_tokens", "max_new_tokens", "add_bos", "render_mode"})
-ENV_OPTIONS = TEXT_OPTIONS | TOKEN_OPTIONS | {"level", "task"}
+ENV_OPTIONS = TEXT_OPTIONS | TOKEN_OPTIONS | MULTITURN_OPTIONS | {"level", "task"}
+AnyTask = Task | MultiTurnTask
 
-_ENVS: dict[str, tuple[Callable[..., Task], dict[str, Any]]] = {}
+_ENVS: dict[str, tuple[Callable[..., AnyTask], dict[str, Any]]] = {}
 _LOADED_PLUGINS: set[str] = set()
 
 
@@ -65,7 +73,7 @@ def _split_kwargs(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return env_kw, {k: v for k, v in kwargs.items() if k not in ENV_OPTIONS}
 
 
-def _check_arguments(env_id: str, factory: Callable[..., Task], task_kw: dict[str, Any]) -> None:
+def _check_arguments(env_id: str, factory: Callable[..., AnyTask], task_kw: dict[str, Any]) -> None:
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # a builtin or C callable: let the call itself complain
@@ -86,16 +94,16 @@ def check_task_kwargs(id: str, **kwargs: Any) -> None:
     _check_arguments(id, factory, task_kw)
 
 
-def _build_task(env_id: str, factory: Callable[..., Task], task_kw: dict[str, Any]) -> Task:
+def _build_task(env_id: str, factory: Callable[..., AnyTask], task_kw: dict[str, Any]) -> AnyTask:
     _check_arguments(env_id, factory, task_kw)
     task = factory(**task_kw)
-    if not isinstance(task, Task):
+    if not isinstance(task, AnyTask):
         raise TaskError(f"{env_id}: the task factory {factory!r} returned {type(task).__name__}, "
-                        "expected textenv.Task")
+                        "expected textenv.Task or textenv.MultiTurnTask")
     return task
 
 
-def _create_env(env_id: str, factory: Callable[..., Task], **kwargs: Any) -> gymnasium.Env:
+def _create_env(env_id: str, factory: Callable[..., AnyTask], **kwargs: Any) -> gymnasium.Env:
     """Gymnasium entry point: build the task (or take ``task=``) and wrap it at the requested level."""
     env_kw, task_kw = _split_kwargs(kwargs)
     level = env_kw.pop("level", "text")
@@ -104,6 +112,15 @@ def _create_env(env_id: str, factory: Callable[..., Task], **kwargs: Any) -> gym
         task = _build_task(env_id, factory, task_kw)
     elif task_kw:
         raise TaskError(f"{env_id}: got task= and task arguments {sorted(task_kw)}; pass one or the other")
+    if isinstance(task, MultiTurnTask):
+        if level != "text":
+            raise TaskError(f"{env_id}: a multi-turn task has only the text level, got level={level!r}")
+        if set(env_kw) - MULTITURN_OPTIONS:
+            raise TaskError(f"{env_id}: option(s) {sorted(set(env_kw) - MULTITURN_OPTIONS)} do not apply to a "
+                            f"multi-turn env; its options: {', '.join(sorted(MULTITURN_OPTIONS))}")
+        return MultiTurnEnv(task, **env_kw)
+    if not isinstance(task, Task):
+        raise TaskError(f"{env_id}: task= is {type(task).__name__}, expected textenv.Task or textenv.MultiTurnTask")
     if level not in ("text", "token"):
         raise TaskError(f"{env_id}: level must be 'text' or 'token', got {level!r}")
     allowed = TEXT_OPTIONS if level == "text" else TOKEN_OPTIONS
@@ -113,24 +130,27 @@ def _create_env(env_id: str, factory: Callable[..., Task], **kwargs: Any) -> gym
     return (TextGenEnv if level == "text" else TokenEnv)(task, **env_kw)
 
 
-def _create_vector_env(env_id: str, factory: Callable[..., Task], num_envs: int = 1, group_size: int = 1,
+def _create_vector_env(env_id: str, factory: Callable[..., AnyTask], num_envs: int = 1, group_size: int = 1,
                        **kwargs: Any) -> TextVectorEnv:
     """Gymnasium vector entry point: ``num_envs = num_prompts * group_size``."""
     if num_envs % group_size:
         raise TaskError(f"{env_id}: num_envs={num_envs} is not a multiple of group_size={group_size}")
     kwargs.pop("level", None)
     env = _create_env(env_id, factory, **kwargs)
+    if isinstance(env, MultiTurnEnv):
+        raise TaskError(f"{env_id} is a multi-turn env, which has no vector form; "
+                        "textenv.multiturn.make_group(id, G) gives G envs that one seed starts alike")
     return TextVectorEnv(env, num_prompts=num_envs // group_size, group_size=group_size)
 
 
-def register(id: str, task_factory: Callable[..., Task] | Task, *, override: bool = False,
+def register(id: str, task_factory: Callable[..., AnyTask] | AnyTask, *, override: bool = False,
              **defaults: Any) -> None:
-    """Register ``task_factory(**kwargs) -> Task`` (or a fixed ``Task``) as the environment ``id``.
+    """Register ``task_factory(**kwargs) -> Task | MultiTurnTask`` (or a fixed task) as the environment ``id``.
 
     Re-registering the same factory with the same defaults is a no-op (plugins may load twice);
     anything else already registered under ``id`` is refused unless ``override=True``.
     """
-    if isinstance(task_factory, Task):
+    if isinstance(task_factory, AnyTask):
         task_factory = functools.partial(_fixed_task, task_factory)
     if not callable(task_factory):
         raise TypeError(f"register({id!r}): task_factory must be a callable returning a Task, "
@@ -150,7 +170,7 @@ def register(id: str, task_factory: Callable[..., Task] | Task, *, override: boo
                        kwargs=dict(defaults), disable_env_checker=True, order_enforce=False)
 
 
-def _fixed_task(task: Task) -> Task:
+def _fixed_task(task: AnyTask) -> AnyTask:
     return task
 
 
@@ -213,7 +233,7 @@ def make_vec(id: str, num_prompts: int = 1, group_size: int = 1, **kwargs: Any) 
     return gymnasium.make_vec(resolve_id(id), num_envs=num_prompts * group_size, group_size=group_size, **kwargs)
 
 
-def make_task(id: str, **kwargs: Any) -> Task:
+def make_task(id: str, **kwargs: Any) -> AnyTask:
     """Build the task behind ``id`` (registered defaults updated with ``kwargs``) without an env."""
     id = resolve_id(id)
     factory, defaults = _ENVS[id]
