@@ -280,3 +280,12 @@ def test_episodes_rewards_match_the_credit_functions(chat_dir):
     n0 = second.turns.count(0)
     assert tokens[1, :n0].tolist() == pytest.approx([0.9] * n0)
     assert tokens[1, n0:len(second.ids)].tolist() == pytest.approx([1.0] * second.turns.count(1))
+
+
+def test_benchmark_configs_refuse_multi_turn_envs_until_the_runner_trains_on_them():
+    from benchmarks.config import BenchConfigError, parse
+
+    raw = {"tasks": {GUESS: {}}, "algorithms": {"grpo": {}}}
+    with pytest.raises(BenchConfigError, match=r'tasks\."textenv/GuessNumber-v0".*multi-turn env.*remove this task'):
+        parse(raw, "bench.toml")
+    assert parse({**raw, "tasks": {"textenv/Arithmetic-v0": {}}}, "bench.toml").tasks[0].id == "textenv/Arithmetic-v0"
