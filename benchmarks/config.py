@@ -323,8 +323,8 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
                         + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"))
         if _is_multiturn(task_id):
             raise _fail(where, f"[{section}]: {task_id} is a multi-turn env (textenv.MultiTurnTask); the benchmark "
-                        "runner does not train on multi-turn envs yet (algos.multiturn.collect_episodes plays them, "
-                        "no algorithm is wired to it); remove this task")
+                        "runner does not run multi-turn envs yet (GRPO's update trains on one, but evaluation and the "
+                        "other algorithms do not play them); remove this task")
         table = dict(_check_keys(table, {*Budget.__dataclass_fields__, "kwargs"}, where, section))
         kwargs = table.pop("kwargs", {})
         if not isinstance(kwargs, dict):

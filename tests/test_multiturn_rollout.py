@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+import algos
 import textenv
 from algos import losses
 from algos.multiturn import Renderer, collect_episodes, drift, turn_seed
@@ -289,3 +291,36 @@ def test_benchmark_configs_refuse_multi_turn_envs_until_the_runner_trains_on_the
     with pytest.raises(BenchConfigError, match=r'tasks\."textenv/GuessNumber-v0".*multi-turn env.*remove this task'):
         parse(raw, "bench.toml")
     assert parse({**raw, "tasks": {"textenv/Arithmetic-v0": {}}}, "bench.toml").tasks[0].id == "textenv/Arithmetic-v0"
+
+
+def test_one_grpo_step_on_a_multi_turn_env(chat_dir):
+    policy = Policy.from_pretrained(chat_dir)
+    agent = algos.make("grpo", policy, batch_size=2, group_size=2, max_new_tokens=4, beta=0.04, lr=1e-3)
+    env = textenv.make(GUESS, max_turns=2)
+    batch = agent.make_batch(env, np.random.default_rng(0))
+    samples = batch.samples
+    assert samples.completion_attention is not None and len(samples) == 4 and batch.groups == 2
+    assert samples.num_tokens == int(samples.completion_mask.sum()) <= 4 * 2 * 4  # sampled tokens only
+    assert samples.num_tokens < int(samples.completion_attention.sum())  # env tokens are not trained on
+    captured = []
+
+    def keep(module, args, out):
+        if out.requires_grad:
+            out.retain_grad()
+            captured.append(out)
+
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    handle = policy.model.lm_head.register_forward_hook(keep)
+    try:
+        stats = agent.optimizer_step(batch)
+    finally:
+        handle.remove()
+    assert np.isfinite(stats["loss"]) and np.isfinite(stats["grad_norm"])
+    (logits,) = captured
+    mask = samples.completion_mask
+    grad = logits.grad[:, :mask.shape[1]]
+    assert torch.all(grad[mask == 0] == 0)
+    assert any(not torch.equal(a, p) for a, p in zip(before, policy.model.parameters(), strict=True))
+    record = algos.make("grpo", Policy.from_pretrained(chat_dir), batch_size=2, group_size=2, max_new_tokens=4) \
+        .update(env, np.random.default_rng(0))
+    assert np.isfinite(record["loss"]) and "episodes/success_rate" in record
