@@ -5,6 +5,11 @@ DeepSeekMath value, rather than TRL's current 0: the GRAO paper compares against
 and on tiny models the KL anchor keeps the policy from collapsing onto one degenerate answer.
 Set ``beta=0`` for the Dr. GRPO / DAPO recipe (no reference copy is then made). ``group_size`` must be
 at least 2: the advantages are rewards relative to the group's, so one sample alone never has any.
+
+On a multi-turn env (``textenv.MultiTurnEnv``) a step plays ``batch_size`` groups of ``group_size``
+episodes (``algos.multiturn``); each episode's return is its reward, and its whole token trajectory is
+the "completion", with the loss mask on the sampled tokens only. ``max_new_tokens`` is then per turn
+(``dr_grpo`` still divides by it, a constant). One process only, so far.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
+from algos.multiturn import collect_episodes
 from algos.rollout import collect
+from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -47,12 +54,30 @@ class GRPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
+        if isinstance(env, MultiTurnEnv):
+            return self._episodes_batch(env, rng)
         examples = env.sample(cfg.batch_size, rng, "train")
         rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
-        samples, temperature = rollout.samples.batch, cfg.temperature  # score as the samples were drawn
         advantages = self.engine.over_batch(partial(losses.group_advantages, scale=cfg.scale_rewards), rollout.rewards)
+        return self._batch(len(rollout.examples), rollout.stats, rollout.samples.batch, advantages)
+
+    def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
+        cfg = self.config
+        if self.engine.world_size > 1:
+            raise NotImplementedError("GRPO on a multi-turn env runs in one process so far")
+        envs = [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns)
+                for _ in range(cfg.batch_size * cfg.group_size)]  # one task, G * B episodes
+        episodes = collect_episodes(
+            self.policy, envs, num_prompts=cfg.batch_size, group_size=cfg.group_size, seed=int(rng.integers(2**31)),
+            split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        advantages = losses.group_advantages(episodes.returns, scale=cfg.scale_rewards)  # outcome reward
+        return self._batch(cfg.batch_size, episodes.stats, episodes.batch, advantages)
+
+    def _batch(self, groups: int, stats: dict[str, float], samples, advantages) -> Batch:
+        cfg, temperature = self.config, self.config.temperature  # score as the samples were drawn
         return Batch(
-            len(rollout.examples), rollout.stats, samples=samples, advantages=advantages.flatten(),
+            groups, stats, samples=samples, advantages=advantages.flatten(),
             ref_logps=self.policy.reference().logprobs(samples, temperature) if cfg.beta > 0 else None,
             old_logps=self.policy.logprobs(samples, temperature) if cfg.num_iterations > 1 else None)
 

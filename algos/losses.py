@@ -262,6 +262,32 @@ def gae(
     return advantages, _clean(advantages + values, mask)
 
 
+def episode_returns(turn_rewards: Tensor, turn_mask: Tensor) -> Tensor:
+    """The outcome reward of each multi-turn episode ``[N]``: the sum of its turns' rewards (``[N, K]``,
+    ``turn_mask`` 1 on the turns it played; episodes of a batch may end at different turns)."""
+    return masked_sum(turn_rewards.detach(), turn_mask, dim=-1)
+
+
+def discounted_returns(turn_rewards: Tensor, turn_mask: Tensor, gamma: float = 1.0) -> Tensor:
+    """Per-turn returns ``G_t = r_t + γ·G_{t+1}`` of multi-turn episodes ``[N, K]``, 0 past each one's last
+    turn (the episode ends there, so its last turn's return is its own reward). Detached."""
+    rewards = _clean(turn_rewards, turn_mask).detach()
+    returns, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+    return _clean(returns, turn_mask)
+
+
+def per_turn_to_tokens(turn_values: Tensor, turn_index: Tensor) -> Tensor:
+    """``turn_values[n, turn_index[n, t]]`` ``[N, T]``: a per-turn quantity (a return, an advantage) on each
+    token of the turn; 0 where ``turn_index`` is negative (padding). Env tokens carry their turn's value too:
+    the loss mask, not this map, keeps them out of a loss."""
+    index = turn_index.clamp(min=0).long()
+    values = torch.gather(turn_values.detach(), 1, index)
+    return torch.where(turn_index >= 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
+
+
 def _token_mean(x: Tensor, mask: Tensor, num_tokens: float | None) -> Tensor:
     """Masked mean over all tokens, or the masked sum over the whole step's ``num_tokens``."""
     return masked_mean(x, mask) if num_tokens is None else masked_sum(x, mask) / max(num_tokens, 1)

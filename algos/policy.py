@@ -51,7 +51,8 @@ def _quiet(enabled: bool = True) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-Prompt = str | list[dict[str, Any]]  # plain text, or TRL's conversational format (a list of messages)
+# plain text, TRL's conversational format (a list of messages), or token ids already encoded (used verbatim)
+Prompt = str | list[dict[str, Any]] | list[int]
 SETTINGS = "policy.json"  # the prompt settings saved beside the weights
 ADAPTER_CONFIG = "adapter_config.json"  # peft's, beside a LoRA adapter
 
@@ -211,19 +212,28 @@ def read_json_record(cls: type[Record], path: Path) -> Record:
 
 @dataclass
 class EncodedBatch:
-    """Prompts (left-padded) and completions (right-padded) as token ids; row ``i`` is one sequence."""
+    """Prompts (left-padded) and completions (right-padded) as token ids; row ``i`` is one sequence.
+
+    ``completion_mask`` is the loss mask: log-probs (and so every loss) count only its 1s. By default it is
+    also the attention mask of the completion. A multi-turn trajectory (``algos.multiturn``) has tokens the
+    model must attend to but not be trained on (the environment's replies between its turns); it sets
+    ``completion_attention`` (1 on every real token, 0 on padding only) and the forward pass attends and
+    positions by that instead.
+    """
 
     prompt_ids: torch.Tensor  # [M, P]
     prompt_mask: torch.Tensor  # [M, P]
     completion_ids: torch.Tensor  # [M, T]
-    completion_mask: torch.Tensor  # [M, T]
+    completion_mask: torch.Tensor  # [M, T] loss mask
+    completion_attention: torch.Tensor | None = None  # [M, T] attention mask; None = completion_mask
 
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
     def __getitem__(self, rows: Any) -> EncodedBatch:
+        attention = None if self.completion_attention is None else self.completion_attention[rows]
         return EncodedBatch(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
-                            self.completion_mask[rows])
+                            self.completion_mask[rows], attention)
 
     @property
     def num_tokens(self) -> int:
@@ -474,7 +484,8 @@ class Policy:
                      fixes: str = "shorten it, lower max_new_tokens, or set truncate_prompts") -> list[list[int]]:
         """Token ids of each prompt: a message list (or, with ``chat``, a string as a user turn) through the
         tokenizer's chat template with the generation prompt; a plain string with BOS first when the
-        tokenizer has one. A conversation that ends with an assistant message is continued, as TRL's
+        tokenizer has one; a list of token ids as it is (a multi-turn trajectory, never re-tokenised). A
+        conversation that ends with an assistant message is continued, as TRL's
         ``apply_chat_template`` does (``continue_final_message=True``, no generation prompt): the message is
         left open and the completion is the rest of it. ``room`` positions stay free for the answer;
         ``answer`` says what takes them and ``fixes`` what the user can change, in the error for a prompt
@@ -482,7 +493,9 @@ class Policy:
         bos, limit = self.tokenizer.bos_token_id, self.context_length
         rows = []
         for i, prompt in enumerate(prompts):
-            if isinstance(prompt, list) or self.chat:
+            if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+                ids = list(prompt)  # already token ids (a multi-turn trajectory so far): used verbatim
+            elif isinstance(prompt, list) or self.chat:
                 messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
                 if not getattr(self.tokenizer, "chat_template", None):
                     raise ValueError(f"prompt {i} is a list of messages but the tokenizer has no chat template; "
@@ -660,7 +673,10 @@ class Policy:
             return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]) if hidden else None
         P, T = batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
-        attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
+        # Attention (and positions) over every real token; the loss mask below may exclude some of them.
+        completion_attention = batch.completion_mask if batch.completion_attention is None \
+            else batch.completion_attention
+        attention = torch.cat([batch.prompt_mask, completion_attention], dim=1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         adapter_off = self.model.disable_adapter() if self._adapter_off else contextlib.nullcontext()
         precision = torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,

@@ -130,6 +130,14 @@ MAX_SEED = 2**31 - 1  # eval seeds add the run seed; both must stay valid genera
 _CACHE_KWARGS = {"cache", "cache_dir"}
 
 
+def _is_multiturn(task_id: str) -> bool:
+    """Whether ``task_id`` is registered as a multi-turn task (a ``MultiTurnTask`` class or instance; a factory
+    function is not built here to find out, so one that returns a multi-turn task is not caught)."""
+    factory = textenv.registry._ENVS[textenv.registry.resolve_id(task_id)][0]
+    return isinstance(factory, textenv.MultiTurnTask) or (isinstance(factory, type)
+                                                          and issubclass(factory, textenv.MultiTurnTask))
+
+
 def _fail(where: str, message: str) -> BenchConfigError:
     return BenchConfigError(f"{where}: {message}")
 
@@ -313,6 +321,10 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
             close = difflib.get_close_matches(task_id, known, n=3, cutoff=0.4)
             raise _fail(where, f"unknown task {task_id!r} in [{section}]"
                         + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"))
+        if _is_multiturn(task_id):
+            raise _fail(where, f"[{section}]: {task_id} is a multi-turn env (textenv.MultiTurnTask); the benchmark "
+                        "runner does not run multi-turn envs yet (GRPO's update trains on one, but evaluation and the "
+                        "other algorithms do not play them); remove this task")
         table = dict(_check_keys(table, {*Budget.__dataclass_fields__, "kwargs"}, where, section))
         kwargs = table.pop("kwargs", {})
         if not isinstance(kwargs, dict):
