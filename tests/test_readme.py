@@ -27,6 +27,7 @@ def test_readme_python_block_runs(index, tmp_path, monkeypatch):
     finally:
         rewards.unregister("shout")
         textenv.unregister("my/Polite-v0")
+        textenv.unregister("my/Vault-v0")
 
 
 def findings_block(text: str, start: str, end: str) -> list[str]:
