@@ -35,12 +35,13 @@ def findings_block(text: str, start: str, end: str) -> list[str]:
     return [line for line in text[begin:text.index(end, begin)].splitlines() if line.strip()]
 
 
-def test_the_readme_results_claim_what_the_quick_report_finds():
-    """The README's claims about the quick benchmark are the report's Findings (written from the paired
-    table alone), copied verbatim: they cannot claim more than ✓ or drift from the numbers."""
+@pytest.mark.parametrize("run", ["quick", "real"])
+def test_the_readme_results_claim_what_the_report_finds(run):
+    """The README's claims about the quick and the real benchmark are their reports' Findings (written from
+    the paired table alone), copied verbatim: they cannot claim more than ✓ or drift from the numbers."""
     from benchmarks.report import FINDINGS_TITLE
 
-    report = (README.parent / "docs" / "quick" / "report.md").read_text()
+    report = (README.parent / "docs" / run / "report.md").read_text()
     in_report = findings_block(report, FINDINGS_TITLE, "\n## ")
-    in_readme = findings_block(README.read_text(), "<!-- quick findings: start -->", "<!-- quick findings: end -->")
-    assert [x for x in in_report if x.startswith("- ")] == in_readme
+    in_readme = findings_block(README.read_text(), f"<!-- {run} findings: start -->", f"<!-- {run} findings: end -->")
+    assert in_readme and [x for x in in_report if x.startswith("- ")] == in_readme
