@@ -29,7 +29,7 @@ def test_nested_calls_count_for_the_outer_phase_and_forward_splits_by_grad_mode(
     toy.forward(1)
     assert set(timer.seconds) == {"generate", "forward (no grad)", "forward (grad)"}
     assert timer.seconds["generate"] >= 0.03  # its three forwards are in it, not in a forward column
-    assert 0.01 <= timer.seconds["forward (no grad)"] < timer.seconds["forward (grad)"]
+    assert timer.seconds["forward (no grad)"] >= 0.01 and timer.seconds["forward (grad)"] >= 0.02
     assert timer.active is None
     assert all(peak > 0 for peak in timer.peak_mb.values())  # VmHWM read while each phase ran
     timer.reset()
