@@ -433,7 +433,10 @@ class Agent:
             raise ValueError(f"{self.name}: learn(max_steps={max_steps!r}) needs a whole number >= 1 "
                              "(the step to train up to)")
         self._check_sharding()
-        task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
+        if isinstance(env.unwrapped, textenv.MultiTurnEnv):  # a step plays its own episodes of the env's task
+            task_env = env.unwrapped
+        else:
+            task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if self.step >= max_steps:

@@ -1,6 +1,15 @@
 """DPO (Rafailov et al., 2023): preference pairs against a frozen reference policy.
 
 Loss types follow TRL: ``sigmoid`` (with optional conservative label smoothing) and ``ipo``.
+
+On a multi-turn env (``textenv.MultiTurnEnv``) a pair is two trajectories of one episode (the same row
+and state): preferred, the task's oracle playing it (``algos.multiturn.collect_demonstrations``);
+rejected, the current policy playing it (one sampled episode), as SPIN (Chen et al., 2024) pairs a
+demonstration with the model's own generation. Log-probs are sums over the assistant's tokens only (the
+loss mask leaves out every environment and tool token). A pair whose policy episode did as well as the
+oracle's stays in, as in SPIN: its trajectory still differs from the demonstration, and the objective is
+to move the policy's trajectories towards the demonstrations; ``pairs/rejected_success_rate`` says how
+often that happens. One process only, so far.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import torch
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
+from algos.multiturn import as_episodes, collect_demonstrations, collect_episodes, copies
 from algos.policy import EncodedBatch, Policy
+from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -32,6 +43,7 @@ class DPOConfig(AgentConfig):
 @register("dpo")
 class DPO(Agent):
     config_class = DPOConfig
+    multiturn = True
 
     def needs_reference(self) -> bool:
         return True
@@ -46,10 +58,28 @@ class DPO(Agent):
         return losses.sequence_logprob(token_logps, pairs.completion_mask[order], normalize=normalize).view(2, n).T
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
+        if isinstance(env, MultiTurnEnv):
+            return self._trajectory_pairs(env, rng)
         pairs = env.sample(self.config.batch_size, rng, "train", require="pair")
         encoded = self.policy.encode([ex.prompt for ex in pairs for _ in (0, 1)],
                                      [text for ex in pairs for text in (ex.chosen, ex.rejected)])
         return Batch(len(pairs), pairs=encoded, ref_logps=self.sequence_logps(self.policy.reference(), encoded))
+
+    def _trajectory_pairs(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
+        cfg = self.config
+        if self.engine.world_size > 1:
+            raise NotImplementedError("DPO on a multi-turn env runs in one process so far")
+        n, seed = cfg.batch_size, int(rng.integers(2**31))  # both trajectories of a pair play the same episode
+        chosen = collect_demonstrations(self.policy, copies(env, n), num_prompts=n, seed=seed, split=env.split)
+        rejected = collect_episodes(self.policy, copies(env, n), num_prompts=n, group_size=1, seed=seed,
+                                    split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                    top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        pairs = as_episodes(self.policy, [t for pair in zip(chosen.trajectories, rejected.trajectories, strict=True)
+                                          for t in pair], group_size=2).batch  # rows 2k, 2k+1
+        stats = {**rejected.stats, "pairs/chosen_return": chosen.stats["reward/mean"],
+                 "pairs/rejected_return": rejected.stats["reward/mean"],
+                 "pairs/rejected_success_rate": rejected.stats["episodes/success_rate"]}
+        return Batch(n, stats, pairs=pairs, ref_logps=self.sequence_logps(self.policy.reference(), pairs))
 
     def loss(self, batch: Batch, totals: StepTotals):
         logps, ref, cfg = self.sequence_logps(self.policy, batch.pairs), batch.ref_logps, self.config

@@ -9,6 +9,13 @@ exploration, imitation weighted by how good y is against the group, and the alig
 l is the length-normalised log-likelihood under the current policy; there is no ratio, clip, KL
 term or reference *policy*. Each term can be switched off for the paper's ablations.
 
+On a multi-turn env (``textenv.MultiTurnEnv``) a step plays ``batch_size`` groups of ``group_size``
+episodes (``algos.multiturn``) and the task's oracle plays each group's episode once more: that
+demonstration trajectory is y, and R(y) its return. l(.) is then the mean log-prob of the model's own
+tokens of a trajectory (the loss mask leaves out every environment and tool token). The advantages stay
+outcome advantages of whole episodes: GRAO's three terms are defined on sequence-level A_i and A_y.
+One process only, so far.
+
 ``group_size=1`` is allowed with the default ``group="samples+reference"``: mu and sigma are then over
 the sample and y, so the sample is scored against the reference and the step learns. With
 ``group="samples"`` one sample has advantage 0, so the config refuses it.
@@ -23,7 +30,9 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos.multiturn import collect_demonstrations, collect_episodes, copies
 from algos.rollout import collect, encode_references
+from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -59,9 +68,12 @@ class GRAOConfig(AgentConfig):
 @register("grao")
 class GRAO(Agent):
     config_class = GRAOConfig
+    multiturn = True
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
+        if isinstance(env, MultiTurnEnv):
+            return self._episodes_batch(env, rng)
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True,
                           offset=self.engine.offset_of_share(len(examples)))
@@ -69,6 +81,22 @@ class GRAO(Agent):
         stats = {**rollout.stats, "reward/reference_mean": rollout.answer_rewards.mean().item()}
         return Batch(len(examples), stats, samples=rollout.samples.batch, answers=answers,
                      rewards=rollout.rewards, answer_rewards=rollout.answer_rewards)
+
+    def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
+        cfg = self.config
+        if self.engine.world_size > 1:
+            raise NotImplementedError("GRAO on a multi-turn env runs in one process so far")
+        seed = int(rng.integers(2**31))  # the episodes and the demonstrations play the same rows and states
+        episodes = collect_episodes(
+            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
+            group_size=cfg.group_size, seed=seed, split=env.split, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        demonstrations = collect_demonstrations(self.policy, copies(env, cfg.batch_size), num_prompts=cfg.batch_size,
+                                                seed=seed, split=env.split)
+        answer_rewards = demonstrations.returns.view(-1)
+        stats = {**episodes.stats, "reward/reference_mean": answer_rewards.mean().item()}
+        return Batch(cfg.batch_size, stats, samples=episodes.batch, answers=demonstrations.batch,
+                     rewards=episodes.returns, answer_rewards=answer_rewards)
 
     def loss(self, batch: Batch, totals: StepTotals):
         cfg, samples, answers = self.config, batch.samples, batch.answers

@@ -9,19 +9,22 @@ at least 2: the advantages are rewards relative to the group's, so one sample al
 On a multi-turn env (``textenv.MultiTurnEnv``) a step plays ``batch_size`` groups of ``group_size``
 episodes (``algos.multiturn``); each episode's return is its reward, and its whole token trajectory is
 the "completion", with the loss mask on the sampled tokens only. ``max_new_tokens`` is then per turn
-(``dr_grpo`` still divides by it, a constant). One process only, so far.
+(``dr_grpo`` still divides by it, a constant). ``credit="per_turn"`` gives each turn's tokens the
+group-relative advantage of that turn's discounted return-to-go instead (``losses.turn_advantages``,
+discount ``turn_gamma``). One process only, so far.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import numpy as np
 
 from algos import losses
-from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_episodes
+from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
+from algos.multiturn import collect_episodes, copies
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
 
@@ -35,6 +38,8 @@ class GRPOConfig(AgentConfig):
     clip_eps_high: float | None = None  # DAPO's clip-higher; None = symmetric
     loss_type: losses.GRPOLossType = "grpo"  # how token losses are averaged (TRL's names)
     scale_rewards: losses.RewardScale = "group"  # the std that divides advantages
+    credit: Literal["outcome", "per_turn"] = "outcome"  # multi-turn: one advantage per episode, or per turn
+    turn_gamma: float = 1.0  # multi-turn, credit="per_turn": the discount of later turns' rewards
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,11 +48,15 @@ class GRPOConfig(AgentConfig):
         self.require("beta", ge=0)
         self.require("clip_eps", gt=0, lt=1)  # the ratio is clipped below at 1 - clip_eps > 0
         self.require("clip_eps_high", gt=0)
+        self.require("turn_gamma", ge=0, le=1)
+        if self.credit not in ("outcome", "per_turn"):
+            raise ConfigError(f"GRPOConfig: credit must be 'outcome' or 'per_turn', got {self.credit!r}")
 
 
 @register("grpo")
 class GRPO(Agent):
     config_class = GRPOConfig
+    multiturn = True
 
     def needs_reference(self) -> bool:
         return self.config.beta > 0
@@ -59,25 +68,29 @@ class GRPO(Agent):
         examples = env.sample(cfg.batch_size, rng, "train")
         rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         advantages = self.engine.over_batch(partial(losses.group_advantages, scale=cfg.scale_rewards), rollout.rewards)
-        return self._batch(len(rollout.examples), rollout.stats, rollout.samples.batch, advantages)
+        return self._batch(len(rollout.examples), rollout.stats, rollout.samples.batch, advantages.flatten())
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
         if self.engine.world_size > 1:
             raise NotImplementedError("GRPO on a multi-turn env runs in one process so far")
-        envs = [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns)
-                for _ in range(cfg.batch_size * cfg.group_size)]  # one task, G * B episodes
         episodes = collect_episodes(
-            self.policy, envs, num_prompts=cfg.batch_size, group_size=cfg.group_size, seed=int(rng.integers(2**31)),
+            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
+            group_size=cfg.group_size, seed=int(rng.integers(2**31)),
             split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
-        advantages = losses.group_advantages(episodes.returns, scale=cfg.scale_rewards)  # outcome reward
+        if cfg.credit == "outcome":
+            advantages = losses.group_advantages(episodes.returns, scale=cfg.scale_rewards).flatten()
+        else:
+            per_turn = losses.turn_advantages(episodes.turn_rewards, episodes.turn_mask, cfg.group_size,
+                                              cfg.turn_gamma, cfg.scale_rewards)
+            advantages = losses.per_turn_to_tokens(per_turn, episodes.turn_index)  # [M, T]: each token its turn's
         return self._batch(cfg.batch_size, episodes.stats, episodes.batch, advantages)
 
     def _batch(self, groups: int, stats: dict[str, float], samples, advantages) -> Batch:
         cfg, temperature = self.config, self.config.temperature  # score as the samples were drawn
         return Batch(
-            groups, stats, samples=samples, advantages=advantages.flatten(),
+            groups, stats, samples=samples, advantages=advantages,
             ref_logps=self.policy.reference().logprobs(samples, temperature) if cfg.beta > 0 else None,
             old_logps=self.policy.logprobs(samples, temperature) if cfg.num_iterations > 1 else None)
 

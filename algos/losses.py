@@ -189,14 +189,16 @@ def grpo_loss(
     grpo:    mean over each sequence's tokens, then mean over the step's sequences
     dr_grpo: sum over all tokens / (sequences · max_completion_length)   (default: T, the padded width)
     dapo:    sum over all tokens / number of completion tokens in the step
-    ``advantages`` is ``[N]`` (one per sequence, broadcast over its tokens) and is detached. The step's
+    ``advantages`` is ``[N]`` (one per sequence, broadcast over its tokens) or ``[N, T]`` (one per token:
+    per-turn credit of a multi-turn trajectory) and is detached. The step's
     counts default to this batch's (N sequences, its mask's tokens).
     """
     _check_choice("loss_type", loss_type, GRPOLossType)
     eps_low = clip_eps
     eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     logps, old_logps = _clean(logps, mask), _clean(old_logps, mask).detach()
-    adv = advantages.detach().reshape(-1, 1).to(logps.dtype)
+    adv = advantages.detach().to(logps.dtype)
+    adv = adv if adv.dim() == 2 else adv.reshape(-1, 1)
 
     ratio = torch.exp(logps - old_logps)
     clipped = ratio.clamp(1 - eps_low, 1 + eps_high)
@@ -277,6 +279,43 @@ def discounted_returns(turn_rewards: Tensor, turn_mask: Tensor, gamma: float = 1
         running = rewards[:, t] + gamma * running
         returns[:, t] = running
     return _clean(returns, turn_mask)
+
+
+def turn_advantages(turn_rewards: Tensor, turn_mask: Tensor, group_size: int, gamma: float = 1.0,
+                    scale: RewardScale = "group", eps: float = 1e-4) -> Tensor:
+    """Group-relative advantages of each turn of multi-turn episodes ``[N, K]`` (N = groups · ``group_size``,
+    group-major): turn k's discounted return-to-go ``G_k`` (``discounted_returns``) minus the mean of
+    ``G_k`` over the group's episodes that played turn k, divided by their unbiased std ("group"), by the
+    std of every played turn's ``G_k`` in the batch ("batch"), or not divided ("none").
+
+    Comparing turn k with the other episodes at turn k (not with whole-episode returns) keeps a group whose
+    episodes all went alike at exact zeros, as ``group_advantages`` does, whatever ``gamma``; a turn that
+    only one episode of its group reached has nothing to be compared with and gets 0. With ``gamma=1`` and
+    one reward at the end, every turn of an episode that all of its group's episodes outlast gets its
+    outcome advantage. 0 past each episode's last turn.
+    """
+    _check_choice("scale", scale, RewardScale)
+    returns = discounted_returns(turn_rewards, turn_mask, gamma)
+    N, K = returns.shape
+    if N % group_size:
+        raise ValueError(f"turn_advantages: {N} episodes are not whole groups of group_size={group_size}")
+    g_returns, g_mask = returns.view(-1, group_size, K), turn_mask.view(-1, group_size, K).to(returns.dtype)
+    count = g_mask.sum(1, keepdim=True)
+    mean = (g_returns * g_mask).sum(1, keepdim=True) / count.clamp(min=1)
+    centered = (g_returns - mean) * g_mask
+    big, small = torch.finfo(returns.dtype).max, torch.finfo(returns.dtype).min
+    all_equal = (torch.where(g_mask > 0, g_returns, small).amax(1, keepdim=True)
+                 == torch.where(g_mask > 0, g_returns, big).amin(1, keepdim=True))
+    centered = torch.where(all_equal, torch.zeros_like(centered), centered)
+    if scale == "none":
+        return centered.view(N, K)
+    if scale == "group":
+        std = ((centered**2).sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    else:
+        played = turn_mask.bool()
+        std = returns[played].std() if played.sum() > 1 else torch.zeros((), dtype=returns.dtype)
+    zero = torch.zeros((), dtype=returns.dtype)
+    return torch.where(centered == 0, zero, centered / (std + eps)).view(N, K)  # a lone or tied turn: 0, not 0/0
 
 
 def per_turn_to_tokens(turn_values: Tensor, turn_index: Tensor) -> Tensor:

@@ -38,14 +38,14 @@ truncated (``context_full``), with the rewards it got so far.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from algos.policy import EncodedBatch, Policy
+from algos.policy import ContextLengthError, EncodedBatch, Policy
 from textenv.multiturn import MultiTurnEnv, make_group, render_conversation
 
 Message = dict[str, Any]
@@ -216,6 +216,53 @@ def collect_episodes(policy: Policy, env: str | Sequence[MultiTurnEnv], *, group
     ``episode_seed(seed, b)`` (on row ``indices[b]`` of ``split`` when given); turn ``k`` samples with
     ``turn_seed(seed, k)``, ``max_new_tokens`` per turn. The same arguments give the same episodes.
     """
+    envs = _envs(env, group_size, num_prompts, split, indices, max_turns)
+
+    def sample(live: list[int], trajectories: list[Trajectory], turn: int) -> list[tuple[list[int], str, bool]]:
+        out = policy.generate([t.all_ids for t in trajectories], temperature=temperature, top_p=top_p, top_k=top_k,
+                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, greedy=greedy,
+                              seed=turn_seed(seed, turn))
+        return [(out.completion_ids[row][out.completion_mask[row].bool()].tolist(), out.texts[row],
+                 bool(out.truncated[row])) for row in range(len(trajectories))]
+
+    return _play(policy, envs, group_size, seed, split, indices, sample, max_new_tokens, check_drift)
+
+
+def collect_demonstrations(policy: Policy, env: str | Sequence[MultiTurnEnv], *, seed: int, num_prompts: int = 1,
+                           split: str = "train", indices: Sequence[int] | None = None,
+                           max_turns: int | None = None, check_drift: bool = False) -> Episodes:
+    """The task's oracle playing the episodes that ``collect_episodes`` with the same ``seed``, ``split`` and
+    ``indices`` plays (one per group: the same rows and states): the demonstration trajectories that SFT and
+    GRAO's imitation term take as the reference answer y, and DPO as the preferred trajectory.
+
+    Each oracle message is tokenised as the model would have sampled it: its text's ids, then the tokenizer's
+    EOS (the ids a model that wrote this message and stopped would have produced); the environment's tokens
+    and the loss mask are then exactly those of a sampled trajectory. ``episode_return`` is the oracle's
+    return (GRAO's R(y)).
+    """
+    envs = _envs(env, 1, num_prompts, split, indices, max_turns)
+    renderer, eos = Renderer(policy.tokenizer, envs[0].tools), policy.tokenizer.eos_token_id
+    if eos is None:
+        raise TemplateError("collect_demonstrations: the tokenizer has no eos_token_id to end an oracle turn with")
+
+    def oracle(live: list[int], trajectories: list[Trajectory], turn: int) -> list[tuple[list[int], str, bool]]:
+        moves = [envs[k].oracle() for k in live]
+        return [(renderer.encode(text) + [eos], text, False) for text in moves]
+
+    demonstrations = _play(policy, envs, 1, seed, split, indices, oracle, 0, check_drift)
+    limit = policy.context_length
+    for b, t in enumerate(demonstrations.trajectories):
+        if limit is not None and len(t.all_ids) > limit:
+            row = f"row {indices[b]}" if indices is not None else f"the row of group {b}"
+            raise ContextLengthError(f"{envs[b].env_id}: the oracle's demonstration of {row} of split {split!r} takes "
+                                     f"{len(t.all_ids)} tokens, past the model's context of {limit} positions; use a "
+                                     "model with a longer context or fewer max_turns", "completion", b,
+                                     len(t.all_ids), limit)
+    return demonstrations
+
+
+def _envs(env: str | Sequence[MultiTurnEnv], group_size: int, num_prompts: int, split: str,
+          indices: Sequence[int] | None, max_turns: int | None) -> list[MultiTurnEnv]:
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"collect_episodes: group_size must be an integer >= 1, got {group_size!r}")
     if indices is not None and len(indices) != num_prompts:
@@ -231,6 +278,17 @@ def collect_episodes(policy: Policy, env: str | Sequence[MultiTurnEnv], *, group
     for e in envs:
         if not isinstance(e, MultiTurnEnv):
             raise TypeError(f"collect_episodes needs multi-turn envs (textenv.MultiTurnEnv), got {type(e).__name__}")
+    return envs
+
+
+# Gives the next message of the live episodes (their indices and trajectories) at a turn: ids, text, length-capped.
+Actor = Callable[[list[int], list[Trajectory], int], list[tuple[list[int], str, bool]]]
+
+
+def _play(policy: Policy, envs: list[MultiTurnEnv], group_size: int, seed: int, split: str,
+          indices: Sequence[int] | None, act: Actor, max_new_tokens: int, check_drift: bool) -> Episodes:
+    """Reset ``envs`` (group ``b`` with ``episode_seed(seed, b)``), then turn by turn ask ``act`` for the next
+    message of every live episode (its ids, text, and whether it hit the length cap) and step the envs."""
     renderer = Renderer(policy.tokenizer, envs[0].tools)
     eos_ids = policy.eos_token_ids
     trajectories = []
@@ -249,13 +307,8 @@ def collect_episodes(policy: Policy, env: str | Sequence[MultiTurnEnv], *, group
         live = [k for k, t in enumerate(trajectories) if not t.done]
         if not live:
             break
-        samples = policy.generate([trajectories[k].all_ids for k in live], temperature=temperature, top_p=top_p,
-                                  top_k=top_k, repetition_penalty=repetition_penalty,
-                                  max_new_tokens=max_new_tokens, greedy=greedy, seed=turn_seed(seed, turn))
-        for row, k in enumerate(live):
+        for k, (sampled, text, cut) in zip(live, act(live, [trajectories[k] for k in live], turn), strict=True):
             t = trajectories[k]
-            sampled = samples.completion_ids[row][samples.completion_mask[row].bool()].tolist()
-            text = samples.texts[row]
             _, reward, terminated, truncated, info = envs[k].step(text)
             env_ids = renderer.env_ids(sampled, eos_ids, info["env_messages"],
                                        generation_prompt=not (terminated or truncated))
@@ -266,16 +319,22 @@ def collect_episodes(policy: Policy, env: str | Sequence[MultiTurnEnv], *, group
             t.texts.append(text)
             t.rewards.append(float(reward))
             t.invalid.append(bool(info["invalid_action"]))
-            t.cut.append(bool(samples.truncated[row]))
+            t.cut.append(cut)
             t.messages, t.stats = info["messages"], info["episode_stats"]
             t.terminated, t.truncated = bool(terminated), bool(truncated)
         turn += 1
     drifts = [drift(t, policy.tokenizer, tools=renderer.tools) for t in trajectories] if check_drift else None
-    return _episodes(policy, trajectories, group_size, drifts)
+    return as_episodes(policy, trajectories, group_size, drifts)
 
 
-def _episodes(policy: Policy, trajectories: list[Trajectory], group_size: int,
-              drifts: list[Drift] | None) -> Episodes:
+def copies(env: MultiTurnEnv, n: int) -> list[MultiTurnEnv]:
+    """``n`` fresh envs of ``env``'s task, split and turn limit: what a step plays its episodes in."""
+    return [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns) for _ in range(n)]
+
+
+def as_episodes(policy: Policy, trajectories: list[Trajectory], group_size: int,
+                drifts: list[Drift] | None = None) -> Episodes:
+    """``trajectories`` (group-major, ``group_size`` per group) padded into one :class:`Episodes` batch."""
     device = policy.device
     prompt_ids, prompt_mask = policy._pad([t.prompt_ids for t in trajectories], left=True)
     completion_ids, attention = policy._pad([t.ids for t in trajectories], left=False)

@@ -1,4 +1,9 @@
-"""SFT: completion-only cross-entropy on (prompt, reference answer) pairs from the env's task."""
+"""SFT: completion-only cross-entropy on (prompt, reference answer) pairs from the env's task.
+
+On a multi-turn env (``textenv.MultiTurnEnv``) the pairs are the task's oracle demonstrations
+(``algos.multiturn.collect_demonstrations``): whole trajectories, trained on the assistant's tokens only
+(the loss mask leaves out every environment and tool token).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
+from algos.multiturn import collect_demonstrations, copies
 from algos.rollout import encode_references
+from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -20,8 +27,16 @@ class SFTConfig(AgentConfig):
 @register("sft")
 class SFT(Agent):
     config_class = SFTConfig
+    multiturn = True
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
+        if isinstance(env, MultiTurnEnv):
+            if self.engine.world_size > 1:
+                raise NotImplementedError("SFT on a multi-turn env runs in one process so far")
+            n = self.config.batch_size
+            demonstrations = collect_demonstrations(self.policy, copies(env, n), num_prompts=n, split=env.split,
+                                                    seed=int(rng.integers(2**31)))
+            return Batch(n, demonstrations.stats, answers=demonstrations.batch)
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
         return Batch(len(examples), answers=encode_references(self.policy, env, examples))
 
