@@ -31,15 +31,25 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 from transformers.utils import logging as hf_logging
 
 from algos.fields import short_repr
 from algos.policy import CheckpointError, reading
 from rewards.tiny import byte_tokenizer
 from textenv import Task, TaskError
+from textenv.multiturn import Episode, MultiTurnTask
+from textenv.tools import Toolbox
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +128,10 @@ _RECIPES: dict[str, TinyRecipe] = {
                                max_positions=160),
     "Dialogue-v0": TinyRecipe(hidden=96, layers=2, heads=4, steps=1000, batch_size=16, seq_len=128,
                               max_positions=256),
+    "GuessNumber-v0": TinyRecipe(hidden=64, layers=2, heads=4, steps=800, batch_size=8, seq_len=448,
+                                 max_positions=512),
+    "KeyValue-v0": TinyRecipe(hidden=64, layers=2, heads=4, steps=800, batch_size=8, seq_len=896,
+                              max_positions=1024),
 }
 
 
@@ -133,6 +147,8 @@ SHIPPED: list[tuple[str, dict]] = [
     ("textenv/Arithmetic-v0", {"n_eval": 400}),
     ("textenv/Dialogue-v0", {}),
     ("textenv/Sentiment-v0", {}),
+    ("textenv/GuessNumber-v0", {}),
+    ("textenv/KeyValue-v0", {"max_hops": 2, "n_chains": 2}),
 ]
 SHIPPED_DIR = Path(__file__).parent / "tiny_models"
 
@@ -160,8 +176,66 @@ def build_model(recipe: TinyRecipe) -> PreTrainedModel:
     raise ValueError(f"TinyRecipe.arch must be 'llama' or 'gpt2', got {recipe.arch!r}")
 
 
-def documents(task: Task, recipe: TinyRecipe) -> list[str]:
-    """The pretraining text: the task corpus, plus train prompt+reference if the recipe asks."""
+# The chat template of a multi-turn task's tiny base model: ``role: content`` lines, an assistant turn closed
+# by ``<eos>`` (so that sampling stops at the end of a turn), its tool calls in the Hermes format after its
+# text, and the tools named on the first line (the model learns their use from the corpus, not a schema).
+MULTITURN_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if tools %}{{- 'tools: ' }}{%- for t in tools %}{{- t['function']['name'] }}"
+    "{%- if not loop.last %}{{- ', ' }}{%- endif %}{%- endfor %}{{- '\\n' }}{%- endif %}"
+    "{%- for m in messages %}"
+    "{{- m['role'] + ': ' + m['content'] }}"
+    "{%- for c in m.get('tool_calls', []) %}"
+    "{%- if m['content'] or not loop.first %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_call>\\n' + {'name': c['function']['name'], 'arguments': c['function']['arguments']} | tojson"
+    " + '\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{%- if m['role'] == 'assistant' %}{{- eos_token }}{%- endif %}{{- '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- 'assistant: ' }}{%- endif %}"
+)
+# The share of a multi-turn corpus' moves that are not the oracle's but a move of another episode: the base
+# model then plays well but not perfectly (groups mix successes and failures), and it has seen recoveries.
+MULTITURN_NOISE = 0.25
+
+
+def tokenizer_for(task: Task | MultiTurnTask) -> PreTrainedTokenizerFast:
+    """The byte tokenizer of a task's tiny base model; a multi-turn task's has :data:`MULTITURN_TEMPLATE`."""
+    tok = byte_tokenizer()
+    if isinstance(task, MultiTurnTask):
+        tok.chat_template = MULTITURN_TEMPLATE
+    return tok
+
+
+def multiturn_documents(task: MultiTurnTask, seed: int = 0, noise: float = MULTITURN_NOISE) -> list[str]:
+    """One conversation per train row, rendered with :data:`MULTITURN_TEMPLATE` (less its BOS, which
+    pretraining adds): each move is the oracle's, or with probability ``noise`` the oracle's move of another
+    row's episode (a plausible move for the wrong episode, which the env answers as it would any)."""
+    rows = task.split("train")
+    rng = np.random.default_rng(seed)
+    pool = []  # the oracle's moves of the train split, played cleanly
+    for row in rows[:200]:
+        episode = Episode(task, row, np.random.default_rng(seed))
+        while not (episode.terminated or episode.truncated):
+            pool.append(move := task.oracle(episode.state))
+            episode.step(move)
+    tok, schemas = tokenizer_for(task), Toolbox(task.tools, where=task.name).schemas
+    docs = []
+    for row in rows:
+        episode = Episode(task, row, np.random.default_rng(seed))
+        while not (episode.terminated or episode.truncated):
+            move = pool[int(rng.integers(len(pool)))] if rng.random() < noise else task.oracle(episode.state)
+            episode.step(move)
+        text = tok.apply_chat_template(episode.messages, tools=schemas or None, tokenize=False)
+        docs.append(text.removeprefix(tok.bos_token))
+    return docs
+
+
+def documents(task: Task | MultiTurnTask, recipe: TinyRecipe) -> list[str]:
+    """The pretraining text: the task corpus, plus train prompt+reference if the recipe asks; for a multi-turn
+    task, :func:`multiturn_documents`."""
+    if isinstance(task, MultiTurnTask):
+        return multiturn_documents(task, recipe.seed)
     docs = list(task.corpus or [])
     if recipe.train_references:
         docs += [ex.prompt + ex.reference for ex in task.with_references("train")]
@@ -289,7 +363,7 @@ def pretrain_tiny(task: Task, recipe: TinyRecipe | None = None, cache_dir: str |
             "documents": len(docs), "final_loss": sum(losses[-50:]) / len(losses[-50:]),
             "train_seconds": round(seconds, 1), "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
-    save_atomically(path, "tiny_recipe.json", info, [model, byte_tokenizer()], quiet=not progress)
+    save_atomically(path, "tiny_recipe.json", info, [model, tokenizer_for(task)], quiet=not progress)
     _say(f"tiny base model for {task.name}: trained in {seconds:.0f}s, saved to {path}", progress)
     return path
 
