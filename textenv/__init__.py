@@ -8,7 +8,8 @@
 Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0, and the multi-turn
 GuessNumber-v0, KeyValue-v0 (tools) and Nim-v0 (see ``textenv.tasks`` and ``textenv.multiturn``);
 ``textenv.register`` adds your own, and installed packages add theirs through the "textenv.envs"
-entry-point group (see ``textenv.registry``).
+entry-point group (see ``textenv.registry``). ``textenv.trl_environment`` hands a multi-turn env to TRL's
+``GRPOTrainer`` as its ``environment_factory`` (see ``textenv.trl_env``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
@@ -41,6 +42,7 @@ from textenv.task import (
 )
 from textenv.token_env import TokenEnv
 from textenv.tools import Toolbox, format_tool_call, parse_tool_calls, tool_schema
+from textenv.trl_env import ToolCallError, episode_return, trl_dataset, trl_environment
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -55,11 +57,13 @@ __all__ = [
     "TextSpace",
     "TextVectorEnv",
     "TokenEnv",
+    "ToolCallError",
     "Toolbox",
     "batched",
     "check_task_kwargs",
     "columns_of",
     "conversation_text",
+    "episode_return",
     "evaluate_completions",
     "evaluate_examples",
     "extract_prompt",
@@ -83,5 +87,7 @@ __all__ = [
     "render_conversation",
     "render_messages",
     "tool_schema",
+    "trl_dataset",
+    "trl_environment",
     "unregister",
 ]
