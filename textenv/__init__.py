@@ -9,7 +9,8 @@ Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0, a
 GuessNumber-v0, KeyValue-v0 (tools) and Nim-v0 (see ``textenv.tasks`` and ``textenv.multiturn``);
 ``textenv.register`` adds your own, and installed packages add theirs through the "textenv.envs"
 entry-point group (see ``textenv.registry``). ``textenv.trl_environment`` hands a multi-turn env to TRL's
-``GRPOTrainer`` as its ``environment_factory`` (see ``textenv.trl_env``).
+``GRPOTrainer`` as its ``environment_factory`` (see ``textenv.trl_env``); ``textenv.serve`` serves one over
+OpenEnv-style HTTP and ``textenv.HTTPTask`` plays a served one (see ``textenv.http_env``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
@@ -17,6 +18,7 @@ from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.batched import batched
 from textenv.data import extract_prompt, hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
+from textenv.http_env import HTTPEnvError, HTTPTask, serve
 from textenv.metrics import evaluate_completions, evaluate_examples
 from textenv.multiturn import MultiTurnEnv, MultiTurnTask, Reply, make_group, render_conversation
 from textenv.registry import (
@@ -48,6 +50,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "EnvNotFound",
     "Example",
+    "HTTPEnvError",
+    "HTTPTask",
     "MultiTurnEnv",
     "MultiTurnTask",
     "Reply",
@@ -86,6 +90,7 @@ __all__ = [
     "register",
     "render_conversation",
     "render_messages",
+    "serve",
     "tool_schema",
     "trl_dataset",
     "trl_environment",
