@@ -6,9 +6,12 @@ import socket
 import threading
 import urllib.error
 import urllib.request
+import warnings
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import gymnasium as gym
 import pytest
+from gymnasium.utils.env_checker import check_env
 
 import textenv
 from textenv import HTTPTask, MultiTurnEnv, format_tool_call
@@ -70,6 +73,17 @@ def test_an_episode_over_http_is_the_episode_played_in_process(env_id, kwargs, o
     assert info["episode_stats"]["tool_errors"] == sum("<tool_call>" in move for move in opening)  # made here too
 
 
+def test_a_served_env_registered_as_ours_passes_gymnasiums_checker():
+    with textenv.serve("textenv/Nim-v0") as server:
+        textenv.register("remote/Nim-v0", lambda: HTTPTask(server.url))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # any complaint of the checker fails the test
+                check_env(gym.make("remote/Nim-v0"))
+        finally:
+            textenv.unregister("remote/Nim-v0")
+
+
 def test_the_server_speaks_openenvs_json_and_runs_tools_itself():
     with textenv.serve("textenv/KeyValue-v0", n_train=3, n_eval=2) as server:
         url = server.url
@@ -104,6 +118,27 @@ def test_the_server_speaks_openenvs_json_and_runs_tools_itself():
         with pytest.raises(HTTPEnvError, match=r"GET http://127.0.0.1:\d+/metadata lists tools \['get', 'submit'\]; "
                                                r"a local MultiTurnEnv runs the <tool_call> blocks"):
             HTTPTask(url)
+
+
+class Broken(textenv.MultiTurnTask):
+    name, splits = "Broken-v0", {"train": [{}]}
+
+    def reset(self, row, rng):
+        return [{"role": "user", "content": "say something"}], {}
+
+    def respond(self, state, message):
+        raise ZeroDivisionError("the task's own bug")
+
+
+def test_the_envs_own_failure_is_a_500_and_the_server_keeps_serving():
+    with textenv.serve(MultiTurnEnv(Broken(), max_length=10)) as server:
+        assert post(server.url + "/reset", {})[0] == 200
+        status, body = post(server.url + "/step", {"action": {"message": "x" * 11}})
+        assert status == 400 and body["detail"] == ("step: the message has 11 characters, more than the env's "
+                                                    "max_length=10")
+        status, body = post(server.url + "/step", {"action": {"message": "hi"}})
+        assert (status, body) == (500, {"detail": "Environment error: ZeroDivisionError: the task's own bug"})
+        assert get(server.url + "/health") == {"status": "healthy"}
 
 
 class Scripted(BaseHTTPRequestHandler):

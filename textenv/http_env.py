@@ -117,7 +117,7 @@ class EnvServer:
         options = {k: body[k] for k in ("split", "index") if body.get(k) is not None}
         try:
             _, info = self.env.reset(seed=body.get("seed"), options=options)
-        except (ValueError, IndexError, TypeError) as err:  # TaskError is a ValueError
+        except (gym.error.Error, ValueError, IndexError, TypeError) as err:  # a bad seed, split or index
             raise RequestError(400, f"reset: {err}") from None
         self.episode_id = str(body.get("episode_id") or uuid.uuid4().hex)
         self._progress = {"step_count": 0, "done": False, "episode_stats": info["episode_stats"]}
@@ -131,9 +131,13 @@ class EnvServer:
         if not isinstance(action, dict) or not isinstance(action.get("message"), str):
             raise RequestError(400, f"step: the body needs \"action\": {{\"message\": <the assistant message as a "
                                     f"string>}}, got action={json.dumps(action)}")
-        try:
+        limit = self.env.action_space.max_length
+        if len(action["message"]) > limit:
+            raise RequestError(400, f"step: the message has {len(action['message'])} characters, more than the "
+                                    f"env's max_length={limit}")
+        try:  # anything else the env raises is its own failure: HTTP 500
             _, reward, terminated, truncated, info = self.env.step(action["message"])
-        except (gym.error.ResetNeeded, ValueError, TypeError) as err:
+        except gym.error.ResetNeeded as err:
             raise RequestError(400, f"step: {err}") from None
         metadata = {"terminated": terminated, "truncated": truncated,
                     **{k: info[k] for k in STEP_METADATA if k in info}}
@@ -252,7 +256,8 @@ class HTTPTask(MultiTurnTask):
         where = f"POST {self.base_url}/step"
         data = self._call("POST", "/step", {"action": {self.action_field: _message_text(message)}})
         observation = _field(data, "observation", dict, where)
-        reward, done = _field(data, "reward", float, where), _field(data, "done", bool, where)
+        done = _field(data, "done", bool, where)
+        reward = 0.0 if data.get("reward", 0.0) is None else _field(data, "reward", float, where)  # OpenEnv: null
         metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
         state.turns += 1
         state.final_reward = float(metadata.get("final_reward", 0.0))

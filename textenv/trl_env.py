@@ -49,6 +49,7 @@ count the reward twice. ``episode_return`` ends each episode once (a second call
 
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
 from collections.abc import Callable, Sequence
@@ -106,8 +107,8 @@ class TRLEnvironment:
 
     @property
     def messages(self) -> list[Message]:
-        """The episode's conversation as our env records it (first messages, then each turn)."""
-        return list(self._live().messages)
+        """The episode's conversation (a copy) as our env records it: first messages, then each turn's."""
+        return copy.deepcopy(self._live().messages)
 
     @property
     def episode_stats(self) -> dict[str, Any]:
@@ -187,7 +188,8 @@ def _row_address(row: dict[str, Any], task: MultiTurnTask) -> tuple[str, int, in
 
 def _check_prompt(prompt: Any, first: list[Message], where: str) -> None:
     """The dataset's prompt must be the episode's first messages, or the model would see another conversation."""
-    shown = [(m.get("role"), m.get("content")) for m in prompt] if isinstance(prompt, list) else prompt
+    shown = [(m.get("role"), m.get("content")) if isinstance(m, dict) else m for m in prompt] \
+        if isinstance(prompt, list) else prompt
     if shown != [(m["role"], m["content"]) for m in first]:
         raise TaskError(f"{where}: the row's prompt {shown!r} is not the episode's first messages "
                         f"{[(m['role'], m['content']) for m in first]!r}; rebuild the dataset with "
