@@ -86,7 +86,8 @@ class EnvServer:
         self._progress: dict[str, Any] = {"step_count": 0, "done": False, "episode_stats": None}
         self._httpd = HTTPServer((host, port), _handler_for(self))
         self.url = f"http://{host}:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=f"serve {env.env_id}", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"serve {env.env_id}", daemon=True)  # close() waits one poll
         self._thread.start()
 
     def close(self) -> None:
