@@ -8,7 +8,9 @@
 Built-in envs: Arithmetic-v0, Sentiment-v0, Dialogue-v0, Preference-v0, HH-v0, and the multi-turn
 GuessNumber-v0, KeyValue-v0 (tools) and Nim-v0 (see ``textenv.tasks`` and ``textenv.multiturn``);
 ``textenv.register`` adds your own, and installed packages add theirs through the "textenv.envs"
-entry-point group (see ``textenv.registry``).
+entry-point group (see ``textenv.registry``). ``textenv.trl_environment`` hands a multi-turn env to TRL's
+``GRPOTrainer`` as its ``environment_factory`` (see ``textenv.trl_env``); ``textenv.serve`` serves one over
+OpenEnv-style HTTP and ``textenv.HTTPTask`` plays a served one (see ``textenv.http_env``).
 """
 
 import textenv.tasks  # noqa: F401  (registers the built-in envs)
@@ -16,6 +18,7 @@ from rewards.messages import conversation_text, prompt_text, render_messages
 from textenv.batched import batched
 from textenv.data import extract_prompt, hf_dataset, load_hf, load_hh, load_jsonl, parse_hh
 from textenv.env import TextGenEnv, TextVectorEnv
+from textenv.http_env import HTTPEnvError, HTTPTask, serve
 from textenv.metrics import evaluate_completions, evaluate_examples
 from textenv.multiturn import MultiTurnEnv, MultiTurnTask, Reply, make_group, render_conversation
 from textenv.registry import (
@@ -41,11 +44,14 @@ from textenv.task import (
 )
 from textenv.token_env import TokenEnv
 from textenv.tools import Toolbox, format_tool_call, parse_tool_calls, tool_schema
+from textenv.trl_env import ToolCallError, episode_return, trl_dataset, trl_environment
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "EnvNotFound",
     "Example",
+    "HTTPEnvError",
+    "HTTPTask",
     "MultiTurnEnv",
     "MultiTurnTask",
     "Reply",
@@ -55,11 +61,13 @@ __all__ = [
     "TextSpace",
     "TextVectorEnv",
     "TokenEnv",
+    "ToolCallError",
     "Toolbox",
     "batched",
     "check_task_kwargs",
     "columns_of",
     "conversation_text",
+    "episode_return",
     "evaluate_completions",
     "evaluate_examples",
     "extract_prompt",
@@ -82,6 +90,9 @@ __all__ = [
     "register",
     "render_conversation",
     "render_messages",
+    "serve",
     "tool_schema",
+    "trl_dataset",
+    "trl_environment",
     "unregister",
 ]
