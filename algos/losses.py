@@ -327,6 +327,48 @@ def per_turn_to_tokens(turn_values: Tensor, turn_index: Tensor) -> Tensor:
     return torch.where(turn_index >= 0, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
+def per_turn_to_last_token(turn_values: Tensor, turn_mask: Tensor, turn_index: Tensor, mask: Tensor) -> Tensor:
+    """``[N, T]``: each played turn's value (``turn_values[n, k]``, ``turn_mask`` 1) on the last token of
+    turn ``k`` that the model sampled (``mask`` 1), 0 everywhere else.
+
+    The model's last token of a turn is its last action before the environment answers, so a turn's
+    reward belongs there; the env tokens after it are not actions and get none. A turn with no sampled
+    token (never made by ``algos.multiturn``) gives its value to the last sampled token before it, so
+    nothing is lost while some token precedes it.
+    """
+    sampled = mask.bool() & (turn_index >= 0)
+    turns = torch.arange(turn_values.shape[-1], device=turn_index.device)
+    at_or_before = sampled[:, None, :] & (turn_index[:, None, :] <= turns[None, :, None])  # [N, K, T]
+    positions = torch.arange(mask.shape[-1], device=mask.device)
+    last = torch.where(at_or_before, positions, -1).amax(-1)  # [N, K] last sampled token by turn k's end
+    values = torch.where(turn_mask.bool() & (last >= 0), turn_values.detach(),
+                         torch.zeros((), dtype=turn_values.dtype, device=turn_values.device))
+    return torch.zeros(mask.shape, dtype=values.dtype, device=values.device).scatter_add_(1, last.clamp(min=0), values)
+
+
+def packed_gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """``gae`` over only the tokens of ``mask`` (the model's), each row's packed left in order: the
+    advantages and returns ``[N, T]``, 0 at every other token (environment tokens and padding).
+
+    In a multi-turn trajectory the environment's tokens sit between the model's turns. They are not
+    actions: they get no advantage, and they must not be steps of the recursion either, or a turn's last
+    token would bootstrap from the value of the env's first token and the discount would count env
+    tokens. Packed, the last token of turn k bootstraps from the value at the first token of turn k+1,
+    the state after the env's reply, and ``gamma``/``lam`` apply once per model token, as in single-turn
+    PPO (verl's multi-turn GAE carries the recursion over observation tokens to the same effect). The
+    value after the model's last token is 0: the episode ends there, truncated or not. With ``mask`` a
+    prefix of each row (single-turn), this is ``gae`` exactly.
+    """
+    order = torch.argsort((~mask.bool()).to(torch.int8), dim=-1, stable=True)  # each row's model tokens first
+    packed_mask = torch.gather(mask, 1, order)
+    packed = gae(torch.gather(_clean(rewards, mask), 1, order), torch.gather(_clean(values, mask), 1, order),
+                 packed_mask, gamma=gamma, lam=lam)
+    advantages, returns = (torch.zeros_like(x).scatter_(1, order, x) for x in packed)  # back where each came from
+    return advantages, returns
+
+
 def _token_mean(x: Tensor, mask: Tensor, num_tokens: float | None) -> Tensor:
     """Masked mean over all tokens, or the masked sum over the whole step's ``num_tokens``."""
     return masked_mean(x, mask) if num_tokens is None else masked_sum(x, mask) / max(num_tokens, 1)
@@ -401,6 +443,20 @@ def ppo_token_rewards(
     last = (mask.sum(-1) - 1).clamp(min=0).long()
     rewards[torch.arange(len(last), device=last.device), last] += scores.detach().to(rewards.dtype)
     rewards = _clean(rewards, mask)
+    return (masked_whiten(rewards, mask, shift_mean=False) if whiten else rewards), kl
+
+
+def ppo_turn_token_rewards(
+    turn_rewards: Tensor, turn_mask: Tensor, turn_index: Tensor, logps: Tensor, ref_logps: Tensor, mask: Tensor,
+    kl_coef: float, kl_kind: KLKind = "k1", whiten: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """``ppo_token_rewards`` of multi-turn trajectories: −kl_coef·KL_t on the model's tokens (``mask``, the
+    loss mask), plus each turn's reward (``turn_rewards`` ``[N, K]``, the final reward included in the
+    last turn's) on that turn's last sampled token (``per_turn_to_last_token``). Environment tokens get
+    nothing, and ``whiten`` spans the model's tokens only. A one-turn episode gets ``ppo_token_rewards``'s.
+    """
+    kl = _clean(kl_penalty(logps, ref_logps, kind=kl_kind), mask).detach()
+    rewards = _clean(-kl_coef * kl + per_turn_to_last_token(turn_rewards, turn_mask, turn_index, mask), mask)
     return (masked_whiten(rewards, mask, shift_mean=False) if whiten else rewards), kl
 
 

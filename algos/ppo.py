@@ -7,6 +7,15 @@ policy loss plus the clipped value loss. The KL coefficient is fixed or adapted 
 
 ``group_size=1`` (the default) is a real PPO step: the advantages come from GAE against the value head
 and are whitened over the whole batch, never relative to a group, so one sample per prompt learns.
+
+On a multi-turn env (``textenv.MultiTurnEnv``) a step plays ``batch_size`` groups of ``group_size``
+episodes (``algos.multiturn``, ``max_new_tokens`` per turn) and the whole token trajectory is the
+"completion": values, reference log-probs and the policy attend to the env's tokens, but only the
+model's sampled tokens (the loss mask) are actions. They alone get the KL penalty, each turn's reward
+(the final reward included in the last turn's) goes on that turn's last sampled token, and GAE runs
+over the model's tokens packed together (``losses.packed_gae``), so a turn bootstraps from the value
+after the env's reply and ``gamma``/``lam`` count model tokens, as in single-turn PPO. Whitening and
+both losses span the loss mask. One process only, so far.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import torch
 
 from algos import fields, losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
+from algos.multiturn import collect_episodes
 from algos.policy import EncodedBatch
 from algos.rollout import collect
+from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -85,24 +96,59 @@ class PPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
+        if isinstance(getattr(env, "unwrapped", None), MultiTurnEnv):  # also under the engine's sharded view
+            return self._episodes_batch(env.unwrapped, rng)
         examples = env.sample(cfg.batch_size, rng, "train")
         rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         samples, mask = rollout.samples.batch, rollout.samples.completion_mask
-        old_logps, old_values = self.policy_and_values(samples)
-        ref_logps = self.policy.reference().logprobs(samples, temperature=cfg.temperature)
+        old_logps, old_values, ref_logps = self._score(samples)
         # Whitening spans the step's whole batch: computed on every rank's rows, this rank keeps its own.
         token_rewards, kl = self.engine.over_batch(
             partial(losses.ppo_token_rewards, kl_coef=self.kl_coef, kl_kind=cfg.kl_kind, whiten=cfg.whiten_rewards),
             rollout.rewards.flatten(), old_logps, ref_logps, mask)
         advantages, returns = losses.gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        return self._batch(len(rollout.examples), rollout.stats, rollout.rewards, samples, old_logps, old_values,
+                           advantages, returns, kl)
+
+    def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
+        cfg = self.config
+        if self.engine.world_size > 1:
+            raise NotImplementedError(
+                f"PPO on a multi-turn env ({env.task.name}) runs in one process so far, not {self.engine.world_size}: "
+                "its episodes are not shared out over processes yet; launch it without torchrun / accelerate")
+        envs = [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns)
+                for _ in range(cfg.batch_size * cfg.group_size)]  # one task, G * B episodes
+        episodes = collect_episodes(
+            self.policy, envs, num_prompts=cfg.batch_size, group_size=cfg.group_size, seed=int(rng.integers(2**31)),
+            split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+            top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        samples, mask = episodes.batch, episodes.batch.completion_mask  # mask: the model's tokens only
+        old_logps, old_values, ref_logps = self._score(samples)  # attending to the env's tokens too
+        token_rewards, kl = losses.ppo_turn_token_rewards(
+            episodes.turn_rewards, episodes.turn_mask, episodes.turn_index, old_logps, ref_logps, mask,
+            kl_coef=self.kl_coef, kl_kind=cfg.kl_kind, whiten=cfg.whiten_rewards)
+        advantages, returns = losses.packed_gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
+        return self._batch(cfg.batch_size, episodes.stats, episodes.returns, samples, old_logps, old_values,
+                           advantages, returns, kl)
+
+    def _score(self, samples: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The rollout's log-probs and values, and the reference's log-probs, as the samples were drawn."""
+        old_logps, old_values = self.policy_and_values(samples)
+        return old_logps, old_values, self.policy.reference().logprobs(samples, temperature=self.config.temperature)
+
+    def _batch(self, groups: int, stats: dict[str, float], scores: torch.Tensor, samples: EncodedBatch,
+               old_logps: torch.Tensor, old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+               kl: torch.Tensor) -> Batch:
+        """Whiten the advantages over the loss mask, step the KL controller, log, and pack the step's batch."""
+        cfg, mask = self.config, samples.completion_mask
         advantages = self.engine.over_batch(losses.masked_whiten, advantages, mask)
         sequence_kl = self.engine.gather(kl.sum(-1))  # per-sequence KL of the whole batch, as the controller uses
         mean_kl = sequence_kl.mean().item()
         if cfg.target_kl is not None:  # the next rollout's coefficient; this one's rewards are made
             self.kl_coef = losses.adaptive_kl_coef(self.kl_coef, mean_kl, cfg.target_kl, len(sequence_kl),
                                                    cfg.kl_horizon)
-        stats = {**rollout.stats, "kl": mean_kl, "kl_coef": self.kl_coef, "score/mean": rollout.rewards.mean().item()}
-        return Batch(len(rollout.examples), stats, samples=samples, old_logps=old_logps, old_values=old_values,
+        stats = {**stats, "kl": mean_kl, "kl_coef": self.kl_coef, "score/mean": scores.mean().item()}
+        return Batch(groups, stats, samples=samples, old_logps=old_logps, old_values=old_values,
                      advantages=advantages, returns=returns)
 
     def loss(self, batch: Batch, totals: StepTotals):
