@@ -48,6 +48,7 @@ class GRPOConfig(AgentConfig):
 @register("grpo")
 class GRPO(Agent):
     config_class = GRPOConfig
+    multiturn = True
 
     def needs_reference(self) -> bool:
         return self.config.beta > 0
