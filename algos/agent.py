@@ -388,7 +388,9 @@ class Agent:
         """Score one completion per prompt of ``split`` (the first ``num_prompts``), same seed every call.
 
         ``base_completions`` (the base model's, on the same prompts) add NAG; ``generation`` overrides
-        the sampling settings (e.g. ``greedy=True``).
+        the sampling settings (e.g. ``greedy=True``). On a multi-turn env: one episode per row, the same
+        rows and env seeds every call (``algos.multiturn_eval.evaluate_episodes``: reward = mean return,
+        success_rate, turns, invalid_rate, tool_calls, tool_success).
         """
         return self._evaluate(env, split, num_prompts, seed, base_completions, **generation)[0]
 
