@@ -40,6 +40,7 @@ import textenv
 from algos import fields
 from algos.engine import Engine, make_engine
 from algos.errors import run_cleanup
+from algos.multiturn_eval import evaluate_episodes, multiturn_env
 from algos.policy import CheckpointError, EncodedBatch, Policy, Prompt, reading
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
@@ -270,6 +271,9 @@ class Agent:
 
     name: ClassVar[str] = "agent"
     config_class: ClassVar[type[AgentConfig]] = AgentConfig
+    # Whether ``make_batch`` trains on a multi-turn env (``textenv.MultiTurnEnv``, played whole through
+    # ``algos.multiturn``); ``learn`` and the benchmark config refuse one for an algorithm without it.
+    multiturn: ClassVar[bool] = False
 
     def __init__(self, policy: Policy, config: AgentConfig | None = None, *, engine: Engine | str | None = None,
                  **overrides: Any):
@@ -369,25 +373,41 @@ class Agent:
         return {**weighted, "loss": loss_sum, "grad_norm": norm}
 
     # --- shared machinery ---------------------------------------------------------------------
+    def generation_settings(self, **generation: Any) -> dict[str, Any]:
+        """The config's sampling settings, overridden by ``generation``: what ``act`` and evaluation sample with."""
+        cfg = self.config
+        return {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
+                "repetition_penalty": cfg.repetition_penalty, "max_new_tokens": cfg.max_new_tokens, **generation}
+
     def act(self, prompts: Sequence[Prompt], **generation: Any) -> list[str]:
         """Completions for ``prompts``; keyword arguments override the config's sampling settings."""
-        cfg = self.config
-        settings = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
-                    "repetition_penalty": cfg.repetition_penalty, "max_new_tokens": cfg.max_new_tokens, **generation}
-        return self.policy.generate(list(prompts), **settings).texts
+        return self.policy.generate(list(prompts), **self.generation_settings(**generation)).texts
 
     def evaluate(self, env: AnyEnv, *, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
                  base_completions: Sequence[str] | None = None, **generation: Any) -> dict[str, float]:
         """Score one completion per prompt of ``split`` (the first ``num_prompts``), same seed every call.
 
         ``base_completions`` (the base model's, on the same prompts) add NAG; ``generation`` overrides
-        the sampling settings (e.g. ``greedy=True``).
+        the sampling settings (e.g. ``greedy=True``). On a multi-turn env: one episode per row, the same
+        rows and env seeds every call (``algos.multiturn_eval.evaluate_episodes``: reward = mean return,
+        success_rate, turns, invalid_rate, tool_calls, tool_success).
         """
         return self._evaluate(env, split, num_prompts, seed, base_completions, **generation)[0]
 
     def _evaluate(self, env: AnyEnv, split: str = "eval", num_prompts: int | None = None, seed: int = 0,
                   base_completions: Sequence[str] | None = None, **generation: Any) -> tuple[dict[str, float], str]:
-        """``evaluate``'s metrics and a Markdown table of the first few prompts and completions."""
+        """``evaluate``'s metrics and a Markdown table of the first few prompts and completions (episodes on a
+        multi-turn env: ``algos.multiturn_eval``, one per row of ``split``, ``max_new_tokens`` per turn)."""
+        if multiturn_env(env) is not None:
+            if base_completions is not None:
+                raise ValueError(f"{self.name}: base_completions do not apply to a multi-turn env (an episode is "
+                                 "not one completion); algos.multiturn_eval.evaluate_episodes takes base_records")
+            metrics, records = evaluate_episodes(self.policy, env, split=split, num_prompts=num_prompts, seed=seed,
+                                                 **self.generation_settings(**generation))
+            rows = [f"| {r['index']} | {_cell(r['prompt'])} | {_cell(r['completion'])} | {r['reward']:.3f} | "
+                    f"{r['success_rate']:.0f} | {r['turns']:.0f} |" for r in records[:SHOWN_COMPLETIONS]]
+            return metrics, "\n".join(["| row | first messages | conversation | return | success | turns |",
+                                       "|---|---|---|---|---|---|", *rows])
         task_env = textenv.batched(env)
         examples = task_env.task.split(split)[:num_prompts]
         completions = self.act([ex.prompt for ex in examples], seed=seed, **generation)
@@ -433,10 +453,7 @@ class Agent:
             raise ValueError(f"{self.name}: learn(max_steps={max_steps!r}) needs a whole number >= 1 "
                              "(the step to train up to)")
         self._check_sharding()
-        if isinstance(env.unwrapped, textenv.MultiTurnEnv):  # a step plays its own episodes of the env's task
-            task_env = env.unwrapped
-        else:
-            task_env = textenv.batched(env)  # the batched API, with the reward wrappers around env applied
+        task_env = self._training_env(env)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
         if self.step >= max_steps:
@@ -475,6 +492,20 @@ class Agent:
                 if callback is not None and self.engine.any(callback(self, record) is False):
                     break
         return self.history
+
+    def _training_env(self, env: AnyEnv) -> Any:
+        """What ``update`` trains on: a multi-turn env itself (the algorithm plays its episodes whole), else
+        the batched API with the reward wrappers around ``env`` applied (``textenv.batched``)."""
+        episodes = multiturn_env(env)
+        if episodes is None:
+            return textenv.batched(env)
+        if not self.multiturn:
+            raise TypeError(f"{self.name} does not train on multi-turn envs yet ({episodes.env_id} is a "
+                            f"textenv.MultiTurnEnv; {type(self).__name__}.multiturn is False)")
+        if env is not episodes:  # a reward wrapper would be skipped silently: the episodes are played on the task
+            raise TypeError(f"cannot train on {env!r}: pass the multi-turn env {episodes.env_id} without wrappers "
+                            "(its episodes are played on fresh envs of its task, which no wrapper would reach)")
+        return episodes
 
     def _check_sharding(self) -> None:
         """On several processes each rank takes an equal share of a step's prompts, with a group per minibatch."""

@@ -20,13 +20,15 @@ Every error names the file and the offending key. A config looks like::
     max_new_tokens = 16
 
     [eval]
-    prompts = 64
+    prompts = 64                      # the first 64 eval rows (all of them when the split is shorter)
     temperature = 0.7
     seed = 1234
     every = 10                        # learning-curve points
 
     [tasks."textenv/Arithmetic-v0"]   # per-task overrides of budget keys, and task kwargs
     max_new_tokens = 6
+    [tasks."textenv/GuessNumber-v0"]  # a multi-turn task: max_new_tokens is per turn, one eval episode per row
+    kwargs = { max_turns = 6 }        # env options (max_turns) and task arguments alike
 
     [algorithms.grao]                 # hyperparameters of algos.make("grao", ...)
     lr = 1e-4
@@ -40,6 +42,10 @@ Every error names the file and the offending key. A config looks like::
     [resources]                       # what one cell gets, whatever the executor
     cpus_per_cell = 1                 # torch threads of every cell (and Ray's num_cpus per task)
     gpus_per_cell = 0                 # Ray's num_gpus per task (may be fractional); local workers ignore it
+
+A multi-turn task (``textenv.MultiTurnTask``) takes only the algorithms whose Agent class declares
+``multiturn = True`` (and SFT's, for an ``sft_steps`` entry); any other is refused here, naming the entry,
+the algorithm and the task, rather than failing in its first training step.
 """
 
 from __future__ import annotations
@@ -136,6 +142,21 @@ def _is_multiturn(task_id: str) -> bool:
     factory = textenv.registry._ENVS[textenv.registry.resolve_id(task_id)][0]
     return isinstance(factory, textenv.MultiTurnTask) or (isinstance(factory, type)
                                                           and issubclass(factory, textenv.MultiTurnTask))
+
+
+def _check_multiturn_support(where: str, section: str, algorithm: str, sft_steps: int, tasks: list[TaskSpec]) -> None:
+    """Refuse an entry whose algorithm (or SFT warm start) cannot train on a multi-turn task of the config."""
+    multiturn = [t.id for t in tasks if _is_multiturn(t.id)]
+    if not multiturn:
+        return
+    trained = [(algorithm, "")] + ([("sft", f" (its sft_steps = {sft_steps} warm start)")] if sft_steps else [])
+    for name, why in trained:
+        cls = algos.get_algorithm(name)
+        if not cls.multiturn:
+            raise _fail(where, f"[{section}]: algorithm {name!r}{why} does not train on multi-turn envs yet "
+                        f"({cls.__name__}.multiturn is False), and [tasks.\"{multiturn[0]}\"] is a multi-turn task "
+                        "(textenv.MultiTurnTask); remove the entry or the task, or use an algorithm that declares "
+                        "multiturn = True")
 
 
 def _fail(where: str, message: str) -> BenchConfigError:
@@ -321,10 +342,6 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
             close = difflib.get_close_matches(task_id, known, n=3, cutoff=0.4)
             raise _fail(where, f"unknown task {task_id!r} in [{section}]"
                         + (f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(known)}"))
-        if _is_multiturn(task_id):
-            raise _fail(where, f"[{section}]: {task_id} is a multi-turn env (textenv.MultiTurnTask); the benchmark "
-                        "runner does not run multi-turn envs yet (GRPO's update trains on one, but evaluation and the "
-                        "other algorithms do not play them); remove this task")
         table = dict(_check_keys(table, {*Budget.__dataclass_fields__, "kwargs"}, where, section))
         kwargs = table.pop("kwargs", {})
         if not isinstance(kwargs, dict):
@@ -364,6 +381,7 @@ def parse(raw: dict[str, Any], where: str = "<config>") -> BenchConfig:
                                        where=f"{where} [{section}] with the budget of [tasks.\"{task.id}\"]")
         except algos.ConfigError as err:
             raise BenchConfigError(str(err)) from err
+        _check_multiturn_support(where, section, algorithm, sft_steps, tasks)
         specs.append(AlgoSpec(name, algorithm, table, sft_steps))
 
     target = raw.get("target", "grao" if "grao" in algo_table else None)

@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 
 from algos.errors import cleanup, writing
 from benchmarks.stats import (
+    EPISODE_METRICS,
     Result,
     curves,
     history_keys,
@@ -32,7 +33,8 @@ from benchmarks.stats import (
     unique_results,
 )
 
-MAIN_METRICS = ("reward", "ras", "tie", "nag")
+# The final-metrics panels: the main metrics, and a multi-turn task's episode metrics (single-turn has none).
+MAIN_METRICS = ("reward", "ras", "tie", "nag", *EPISODE_METRICS)
 BASE_COLOR = "0.55"
 
 

@@ -5,6 +5,14 @@ mean ± 95% CI over seeds of every metric, paired comparisons on the same eval p
 minimum detectable effect), relative improvements with the formula spelled out, the per-cell numbers and
 the absolute difference shown, sample efficiency beside the paper's claim, a few answers side by side,
 and the compute each algorithm used. Missing values print as "—".
+
+A multi-turn task's eval is one episode per eval row (``algos.multiturn_eval``). Its main metric is
+``reward``, the mean episode return: the quantity the algorithms train on (GRPO's outcome reward), defined for
+every task however it pays (a discounted GuessNumber pays less for more guesses, which a success rate would
+not see), and the one the relative improvements, learning curves and sample efficiency read, as for a
+single-turn task. Beside it the results show ``success_rate``, ``turns`` (per episode), ``invalid_rate`` (per
+turn), ``tool_calls`` and ``tool_success`` (calls that did not error), each with its mean ± CI over seeds and,
+in a table of its own, its paired difference from the base model over the same episodes (interval, ✓).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from benchmarks import paper
 from benchmarks.stats import (
     BASE,
     COMPUTE_KEYS,
+    EPISODE_METRICS,
     FORMULA,
     MDE_FACTOR,
     NEAR_ZERO,
@@ -48,6 +57,9 @@ from benchmarks.stats import (
 
 DASH = "—"
 MAIN_METRICS = ("reward", "ras", "tie", "nag")
+# Column order in the results tables: a multi-turn task's episode metrics follow its reward (single-turn
+# tasks have none of them, so their order is MAIN_METRICS').
+COLUMN_ORDER = ("reward", *EPISODE_METRICS, "ras", "tie", "nag")
 REL_METRICS = ("reward", "ras", "nag")  # leaf names; "tie" has no better direction
 # Setup rows -> config keys: dotted paths from the config's root first (the runner's layout:
 # base_model, budget.*, eval.*, hyperparameters.*), then bare names searched breadth-first.
@@ -63,7 +75,9 @@ SETUP_KEYS: dict[str, tuple[str, ...]] = {
     "eval prompts": ("eval.prompts", "eval_prompts", "num_eval_prompts"),
     "eval temperature": ("eval.temperature",),
     "eval every (steps)": ("eval.every",),
+    "max turns per episode": ("max_turns",),
 }
+OPTIONAL_SETUP = {"max turns per episode"}  # rows shown only when some result has them (multi-turn tasks)
 PAPER_TASK = "Dialogue-v0"
 
 
@@ -143,7 +157,7 @@ def metric_groups(metrics: Iterable[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for m in ordered(metrics):
         groups.setdefault(m.rpartition("/")[0], []).append(m)
-    rank = {name: i for i, name in enumerate(MAIN_METRICS)}
+    rank = {name: i for i, name in enumerate(COLUMN_ORDER)}
     return {g: sorted(ms, key=lambda m: rank.get(m.rpartition("/")[2], len(rank)))
             for g, ms in sorted(groups.items(), key=lambda kv: kv[0] != "")}
 
@@ -207,13 +221,16 @@ def _setup_cell(per_algo: Mapping[str, list[Any]], algorithms: Sequence[str]) ->
     return "; ".join(parts) + " **(differs)**"
 
 
-def drop_identical(metrics: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], dict[str, str]]:
+def drop_identical(metrics: Sequence[str], rows: Sequence[Mapping[str, Any]],
+                   keep: Iterable[str] = ()) -> tuple[list[str], dict[str, str]]:
     """``metrics`` without those whose per-seed values equal an earlier metric's in every row (e.g. a
-    task's extra judge that is the reward itself); returns (kept, {dropped: the metric it repeats})."""
-    kept, dropped, seen = [], {}, {}
+    task's extra judge that is the reward itself), except those in ``keep`` (metrics the benchmark names,
+    such as a multi-turn task's success rate, which equals its reward when success pays 1); returns (kept,
+    {dropped: the metric it repeats})."""
+    kept, dropped, seen, keep = [], {}, {}, set(keep)
     for m in metrics:
         column = json.dumps([row.get(m, {}).get("values") for row in rows])
-        if column in seen and any(m in row for row in rows):
+        if column in seen and any(m in row for row in rows) and m not in keep:
             dropped[m] = seen[column]
         else:
             kept.append(m)
@@ -230,8 +247,10 @@ def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] |
     lines = [f"### {task}", ""]
     if not metrics:
         return lines + ["No metrics recorded.", ""]
+    if is_multiturn(metrics):
+        lines += [MULTITURN_NOTE, ""]
     for group, ms in metric_groups(metrics).items():
-        ms, dropped = drop_identical(ms, [*([base] if base else []), *algos.values()])
+        ms, dropped = drop_identical(ms, [*([base] if base else []), *algos.values()], keep=EPISODE_METRICS)
         if group:
             n = next((s[f"{group}/n"]["mean"] for s in [*algos.values(), base or {}] if f"{group}/n" in s), None)
             lines += [f"#### {subset_title(group, subset_key)}" + (f" ({n:.0f} eval prompts)" if _is_num(n) else ""),
@@ -248,6 +267,40 @@ def _task_section(task: str, algos: Mapping[str, Any], base: Mapping[str, Any] |
             lines += ["Not shown, identical to another column in every row and seed: "
                       + ", ".join(f"{m} (= {same})" for m, same in dropped.items()) + ".", ""]
     return lines
+
+
+MULTITURN_NOTE = (
+    "Multi-turn task: one episode per eval row, on the same rows and seeds for every entry. reward = the mean "
+    "episode return (this task's main metric); success_rate = episodes the task ended with a positive return; "
+    "turns = assistant turns per episode; invalid_rate = the share of an episode's turns that were invalid "
+    "actions (lower is better); tool_calls = tool calls per episode; tool_success = the share of an episode's "
+    "tool calls that did not error, over the episodes that called a tool. Each is a mean over episodes.")
+
+
+def is_multiturn(metrics: Iterable[str]) -> bool:
+    """Whether a task's metrics are those of episodes (``algos.multiturn_eval``)."""
+    return {"success_rate", "turns"} <= set(metrics)
+
+
+def _episode_paired_section(task: str, entries: Mapping[str, Any]) -> list[str]:
+    """A multi-turn task's metrics as paired differences from the base model (same rows, seeds, env states)."""
+    if BASE not in entries:
+        return []
+    metrics = [m for m in ("reward", *EPISODE_METRICS)
+               if any(compare(entries, e, BASE, m) is not None for e in entries if e != BASE)]
+    rows = []
+    for entry in (e for e in entries if e != BASE):
+        cells = []
+        for metric in metrics:
+            c = compare(entries, entry, BASE, metric)
+            cells.append(DASH if c is None else f"{c['diff']:+.3f}{fmt_interval(c)}")
+        rows.append([entry, *cells])
+    if not metrics or not rows:
+        return []
+    return [f"#### {task}: episode metrics, paired with the base model", "",
+            "Each cell: the entry's mean − the base model's over the same eval episodes and seeds, its 95% "
+            "interval and ✓ where the interval excludes 0 (the method of *Paired comparisons*).", "",
+            *md_table(["algorithm", *metrics], rows)]
 
 
 def fmt_interval(c: Mapping[str, Any] | None, digits: int = 3) -> str:
@@ -305,9 +358,11 @@ def _relative_section(summary: Mapping[str, Any], targets: Sequence[str], record
     return lines, out
 
 
-def _paired_section(paired: Mapping[str, Any]) -> list[str]:
+def _paired_section(paired: Mapping[str, Any], have_records: bool = False) -> list[str]:
     """Every algorithm vs the base model and every pair, per task and metric, with interval, P(A>B), MDE."""
     lines = ["## Paired comparisons", "", f"**Method.** {PAIRED_METHOD}", ""]
+    if not paired and have_records:  # e.g. a tiny run whose entries all answer alike
+        return lines + ["No metric differs between any two entries on any eval prompt: no paired statistics.", ""]
     if not paired:
         return lines + ["No per-prompt eval records in these results (written before result schema 2): "
                         "no paired statistics.", ""]
@@ -439,6 +494,9 @@ def _examples_section(records: Mapping[str, Any], k: int = 3) -> list[str]:
         lines += [f"### {task} (seed {seed})", ""]
         for i in pick_examples(entries, seed, k):
             first = entries[order[0]][seed][i]
+            if "turns" in first:  # a multi-turn task's episodes (algos.multiturn_eval)
+                lines += _episode_examples(i, first, {e: entries[e][seed][i] for e in order})
+                continue
             subset = f" (subset {first['subset']})" if first.get("subset") else ""
             lines += [f"**Eval prompt {i}**{subset}: {md_cell(first.get('prompt'))}", "",
                       f"**Reference:** {md_cell(first.get('reference'))}", ""]
@@ -446,6 +504,18 @@ def _examples_section(records: Mapping[str, Any], k: int = 3) -> list[str]:
                      fmt_num(entries[e][seed][i].get("ras"), 0)] for e in order]
             lines += md_table(["entry", "completion", "reward", "ras"], rows)
     return lines
+
+
+def _episode_examples(i: int, first: Mapping[str, Any], episodes: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One eval row's episodes, every entry's conversation after the same first messages."""
+    def tools(r: Mapping[str, Any]) -> str:
+        calls = r.get("tool_calls")
+        return DASH if not _is_num(calls) else f"{calls:.0f} ({fmt_num(r.get('tool_errors'))} errors)"
+
+    rows = [[e, md_cell(r.get("completion"), limit=600), fmt_num(r.get("reward"), 3), fmt_num(r.get("success_rate")),
+             fmt_num(r.get("turns")), fmt_num(r.get("invalid_actions")), tools(r)] for e, r in episodes.items()]
+    return [f"**Eval episode {i}** (row {first.get('index', i)}): {md_cell(first.get('prompt'))}", "",
+            *md_table(["entry", "conversation", "return", "success", "turns", "invalid actions", "tool calls"], rows)]
 
 
 def _compute_section(table: Mapping[str, Any], totals: Mapping[str, Any]) -> list[str]:
@@ -574,18 +644,20 @@ def write_report(results: Iterable[Result], out_dir: str | Path, title: str = "B
     lines += md_table(["setting", "value"],
                       [["tasks", ", ".join(tasks)], ["seeds", ", ".join(map(str, seeds))],
                        ["algorithms (class)", ", ".join(f"{a} ({'/'.join(c)})" for a, c in classes.items())],
-                       *([name, _setup_cell(per_algo, algorithms)] for name, per_algo in setup.items())])
+                       *([name, _setup_cell(per_algo, algorithms)] for name, per_algo in setup.items()
+                         if per_algo or name not in OPTIONAL_SETUP)])
     # Results per task
     lines += ["## Results", "",
               "Mean ± half-width of the 95% Student-t interval over seeds (n − 1 degrees of freedom); a "
               "single seed shows the value alone. The base model row is the shared starting checkpoint.", ""]
     subset_keys = {t: next((r["subset_key"] for r in results if r["task"] == t and r.get("subset_key")), None)
                    for t in tasks}
+    records = prompt_records(results)
     for task in tasks:
         lines += _task_section(task, summary[task], base.get(task), subset_keys[task])
-    records = prompt_records(results)
+        lines += _episode_paired_section(task, records.get(task, {}))
     paired = paired_table(results, first=targets)
-    lines += _paired_section(paired)
+    lines += _paired_section(paired, have_records=bool(records))
     findings = findings_section(paired)
     lines += findings
     rel_lines, relative = _relative_section(summary, targets, records, subset_keys)

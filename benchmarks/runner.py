@@ -39,6 +39,7 @@ import textenv
 from algos import Policy, smollm2
 from algos.errors import OutputError, cleanup, output_folder_problem, writing
 from algos.fields import accepts, check_bounds, read_record
+from algos.multiturn_eval import eval_rows, evaluate_episodes, multiturn_env
 from benchmarks import executors
 from benchmarks.config import AlgoSpec, BenchConfig, BenchConfigError, TaskSpec, agent_settings, path_component
 
@@ -70,6 +71,7 @@ class ResultFile:
     base_examples: Records | None = None
     subset_key: str | None = None
     sft_steps: int = 0
+    multiturn: bool = False  # a multi-turn task: examples are episode records (``EpisodeRecord``)
 
     def __post_init__(self) -> None:
         for name in ("seed", "optimizer_steps", "sft_steps", "tokens_generated", "tokens_trained", "wall_time_s"):
@@ -77,6 +79,62 @@ class ResultFile:
         bad = next((i for i, row in enumerate(self.history) if not accepts(int, row.get("step"))), None)
         if bad is not None:
             raise BenchConfigError(f"key 'history': record {bad} has no integer 'step'")
+        if self.multiturn:
+            check_episode_metrics("metrics", self.metrics)
+            check_episode_metrics("base_metrics", self.base_metrics)
+            check_episode_records("examples", self.examples, self.metrics)
+            check_episode_records("base_examples", self.base_examples, self.base_metrics)
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One eval episode of a multi-turn result (``algos.multiturn_eval.episode_record``): what the report and
+    its paired statistics read. Values are per episode; ``tool_success`` is None without a tool call."""
+
+    index: int  # the eval row
+    prompt: str  # the first messages, rendered: the pairing check of the paired statistics
+    completion: str  # the rest of the conversation, rendered
+    reward: float  # the episode's return
+    success_rate: float  # 1 or 0
+    turns: float
+    invalid_rate: float
+    tool_calls: float
+    tool_success: float | None = None
+    nag: float | None = None
+
+    def __post_init__(self) -> None:
+        check_bounds("key 'index'", self.index, BenchConfigError, ge=0)
+        for name in ("success_rate", "invalid_rate", "tool_success"):
+            check_bounds(f"key {name!r}", getattr(self, name), BenchConfigError, ge=0, le=1)
+        for name in ("turns", "tool_calls"):
+            check_bounds(f"key {name!r}", getattr(self, name), BenchConfigError, ge=0)
+        check_bounds("key 'nag'", self.nag, BenchConfigError, ge=-1, le=1)
+
+
+# What every multi-turn result's metrics hold (tool_success and nag only when they apply).
+EPISODE_METRICS_REQUIRED = ("n", "reward", "success_rate", "turns", "invalid_rate")
+
+
+def check_episode_metrics(key: str, metrics: Metrics) -> None:
+    """A multi-turn result's ``key`` (metrics or base_metrics) has every metric an eval of episodes gives."""
+    missing = [m for m in EPISODE_METRICS_REQUIRED if not isinstance(metrics.get(m), int | float)]
+    if missing:
+        raise BenchConfigError(f"key {key!r}: a multi-turn result needs the metric{'s' if len(missing) > 1 else ''} "
+                               f"{', '.join(map(repr, missing))} (algos.multiturn_eval)")
+
+
+def check_episode_records(key: str, records: Records | None, metrics: Metrics) -> None:
+    """A multi-turn result's ``key`` (examples or base_examples) is one valid ``EpisodeRecord`` per episode."""
+    if not records:
+        raise BenchConfigError(f"key {key!r}: a multi-turn result needs its per-episode eval records, got "
+                               f"{records!r}")
+    for i, record in enumerate(records):
+        try:
+            read_record(EpisodeRecord, record, "", BenchConfigError)
+        except BenchConfigError as err:
+            raise BenchConfigError(f"key {key!r}: episode record {i}: {err}") from None
+    if len(records) != metrics.get("n"):
+        raise BenchConfigError(f"key {key!r}: {len(records)} episode records for n = {metrics.get('n')} eval episodes")
 
 
 @dataclass(frozen=True)
@@ -84,9 +142,15 @@ class BaseEvalFile:
     """A cached base eval (``base_eval/<task>/seed<k>.json``): its key, completions, metrics and records."""
 
     key: str  # base_eval_key of the settings that produced it
-    completions: list[str]
+    completions: list[str]  # on a multi-turn task: each episode's conversation after its first messages
     metrics: Metrics
     examples: Records | None = None
+    multiturn: bool = False
+
+    def __post_init__(self) -> None:
+        if self.multiturn:
+            check_episode_metrics("metrics", self.metrics)
+            check_episode_records("examples", self.examples, self.metrics)
 
 
 REQUIRED = {f.name for f in fields(ResultFile) if f.default is MISSING}
@@ -243,18 +307,26 @@ def read_base_eval(path: Path, key: str, n: int) -> dict[str, Any] | None:
 
 
 def evaluate_base(config: BenchConfig, env: Any, policy: Policy, budget, seed: int, out: Path) -> dict[str, Any]:
-    """The base model's eval completions and metrics for this (task, seed), computed once and cached."""
+    """The base model's eval completions and metrics for this (task, seed), computed once and cached; on a
+    multi-turn task its episodes (``algos.multiturn_eval``), ``max_new_tokens`` per turn."""
     path = out_path(out, "base_eval", slug(env.spec.id), f"seed{seed}.json")
     key = base_eval_key(config, env, policy, budget, seed)
-    examples = env.unwrapped.task.split("eval")[:config.eval.prompts]
-    cached = read_base_eval(path, key, len(examples))
+    episodes = multiturn_env(env) is not None
+    examples = [] if episodes else env.unwrapped.task.split("eval")[:config.eval.prompts]
+    cached = read_base_eval(path, key, eval_rows(env, "eval", config.eval.prompts) if episodes else len(examples))
     if cached is not None:
         return cached
-    completions = policy.generate([ex.prompt for ex in examples], temperature=config.eval.temperature,
-                                  top_p=config.eval.top_p, max_new_tokens=budget.max_new_tokens,
-                                  seed=config.eval.seed + seed).texts
-    metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions)
-    record = {"key": key, "completions": completions, "metrics": metrics, "examples": records}
+    if episodes:
+        metrics, records = evaluate_episodes(policy, env, num_prompts=config.eval.prompts, seed=config.eval.seed + seed,
+                                             temperature=config.eval.temperature, top_p=config.eval.top_p,
+                                             max_new_tokens=budget.max_new_tokens)
+        completions = [r["completion"] for r in records]
+    else:
+        completions = policy.generate([ex.prompt for ex in examples], temperature=config.eval.temperature,
+                                      top_p=config.eval.top_p, max_new_tokens=budget.max_new_tokens,
+                                      seed=config.eval.seed + seed).texts
+        metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions)
+    record = {"key": key, "completions": completions, "metrics": metrics, "examples": records, "multiturn": episodes}
     write_json_atomic(path, record)
     return record
 
@@ -297,23 +369,30 @@ def run_cell(config: BenchConfig, task: TaskSpec, algo: AlgoSpec, seed: int, env
     # After an SFT warm start the RL steps continue its count, so curves read left to right.
     history += [{**h, "step": h["step"] + algo.sft_steps} for h in rl_history]
     wall = time.perf_counter() - start
-    # agent.evaluate's generation, kept here so the per-prompt records are saved beside the means.
-    examples = env.unwrapped.task.split("eval")[:config.eval.prompts]
-    completions = agent.act([ex.prompt for ex in examples], seed=evaluation["seed"],
-                            temperature=config.eval.temperature, top_p=config.eval.top_p)
-    metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions, base["completions"])
+    # agent.evaluate's generation, kept here so the per-prompt (per-episode) records are saved beside the means.
+    episodes = multiturn_env(env) is not None
+    if episodes:
+        metrics, records = evaluate_episodes(
+            agent.policy, env, num_prompts=config.eval.prompts, seed=evaluation["seed"], base_records=base["examples"],
+            **agent.generation_settings(temperature=config.eval.temperature, top_p=config.eval.top_p))
+    else:
+        examples = env.unwrapped.task.split("eval")[:config.eval.prompts]
+        completions = agent.act([ex.prompt for ex in examples], seed=evaluation["seed"],
+                                temperature=config.eval.temperature, top_p=config.eval.top_p)
+        metrics, records = textenv.evaluate_examples(env.unwrapped, examples, completions, base["completions"])
     write_hparams(log_dir, agent.config.to_dict(), algo, budget, metrics)
     return {
         "schema": SCHEMA, "key": cell_key(config, task, algo, seed), "task": task.id, "algorithm": algo.name,
         "algo": algo.algorithm, "seed": seed, "metrics": metrics, "base_metrics": base["metrics"],
         "history": history, "examples": records, "base_examples": base.get("examples"),
-        "subset_key": env.unwrapped.task.subset_key,
+        "subset_key": getattr(env.unwrapped.task, "subset_key", None), "multiturn": episodes,
         "tokens_generated": sum(h.get("tokens/generated", 0.0) for h in history),
         "tokens_trained": sum(h.get("tokens/trained", 0.0) for h in history),
         "optimizer_steps": len(history), "sft_steps": algo.sft_steps, "wall_time_s": wall,
         "config": {"base_model": config.base_model, "base_path": base_path,
                    "base_sha256": base_fingerprint(base_path), "budget": asdict(budget),
-                   "eval": asdict(config.eval), "hyperparameters": agent.config.to_dict()},
+                   "eval": asdict(config.eval), "hyperparameters": agent.config.to_dict(),
+                   **({"max_turns": multiturn_env(env).max_turns} if episodes else {})},
     }
 
 
@@ -443,9 +522,10 @@ def run(config: BenchConfig, out: str | Path, *, progress: bool = True,
             log(f"{status()} {job.label}: FAILED\n" + "".join(traceback.format_exception(outcome)).rstrip())
             continue
         finished[position[job.label]] = outcome
-        m = outcome["metrics"]
-        log(f"{status()} {job.label}: reward {m.get('reward', float('nan')):.3f}, "
-            f"ras {m.get('ras', float('nan')):.3f}, nag {m.get('nag', float('nan')):+.3f} "
+        m, nan = outcome["metrics"], float("nan")
+        second = (f"success {m.get('success_rate', nan):.3f}, turns {m.get('turns', nan):.2f}"
+                  if outcome.get("multiturn") else f"ras {m.get('ras', nan):.3f}")
+        log(f"{status()} {job.label}: reward {m.get('reward', nan):.3f}, {second}, nag {m.get('nag', nan):+.3f} "
             f"({outcome['wall_time_s']:.1f}s)")
     results = [finished[i] for i in sorted(finished)]
     if failures:

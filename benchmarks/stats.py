@@ -6,6 +6,9 @@ A *result* is one JSON record per (task, algorithm, seed) written by the runner 
 ``{"task", "algorithm", "algo", "seed", "metrics", "base_metrics", "history", "tokens_generated",
 "tokens_trained", "optimizer_steps", "wall_time_s", "config"}``, since schema 2 also ``"examples"`` and
 ``"base_examples"`` (one record per eval prompt, see ``textenv.evaluate_examples``) and ``"subset_key"``.
+On a multi-turn task (``"multiturn": true``) an eval "prompt" is an episode on one eval row
+(``algos.multiturn_eval``): its records carry each episode's value of every ``EPISODE_METRICS`` metric
+under the metric's name, so they pair up and compare like the prompts of a single-turn eval.
 Everything here is a pure function of a list of such dicts, so the report can be rebuilt from the files
 alone, without torch; bootstrap draws come from a fixed seed, so the same files give the same report.
 """
@@ -239,6 +242,9 @@ def compute_totals(table: Mapping[str, Mapping[str, Mapping[str, float]]]) -> di
 
 # ------------------------------------------------------------------------------------------ paired
 BASE = "base model"  # the entry name of the base model's eval records in ``prompt_records``
+# Multi-turn metrics (``algos.multiturn_eval``) beside a task's reward; single-turn records have none of them.
+EPISODE_METRICS = ("success_rate", "turns", "invalid_rate", "tool_calls", "tool_success")
+PAIRED_METRICS = ("reward", "ras", "nag", *EPISODE_METRICS)
 BOOTSTRAP_SAMPLES = 4000
 BOOTSTRAP_SEED = 0
 POWER = 0.80
@@ -398,7 +404,7 @@ def compare(records: Mapping[str, Mapping[Any, Sequence[Mapping[str, Any]]]], a:
             "p_improve": probability_of_improvement(seed_scores(records[a], metric), seed_scores(records[b], metric))}
 
 
-def paired_table(results: Iterable[Result], metrics: Sequence[str] = ("reward", "ras", "nag"),
+def paired_table(results: Iterable[Result], metrics: Sequence[str] = PAIRED_METRICS,
                  first: Sequence[str] = ()) -> dict[str, dict[str, list[dict[str, Any]]]]:
     """{task: {metric: [comparison, ...]}}: every algorithm against the base model, then every pair.
 

@@ -60,7 +60,7 @@ def test_bad_configs_name_the_file_and_key(tmp_path, text, message):
 
 
 def test_missing_config_file_and_unknown_shipped_name():
-    with pytest.raises(bench_config.BenchConfigError, match=r"shipped: ablation, hh, paper, quick"):
+    with pytest.raises(bench_config.BenchConfigError, match=r"shipped: ablation, hh, multiturn, paper, quick"):
         bench_config.load("quik")
     with pytest.raises(bench_config.BenchConfigError, match="config file not found"):
         bench_config.load("nowhere/x.toml")

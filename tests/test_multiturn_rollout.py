@@ -284,15 +284,6 @@ def test_episodes_rewards_match_the_credit_functions(chat_dir):
     assert tokens[1, n0:len(second.ids)].tolist() == pytest.approx([1.0] * second.turns.count(1))
 
 
-def test_benchmark_configs_refuse_multi_turn_envs_until_the_runner_trains_on_them():
-    from benchmarks.config import BenchConfigError, parse
-
-    raw = {"tasks": {GUESS: {}}, "algorithms": {"grpo": {}}}
-    with pytest.raises(BenchConfigError, match=r'tasks\."textenv/GuessNumber-v0".*multi-turn env.*remove this task'):
-        parse(raw, "bench.toml")
-    assert parse({**raw, "tasks": {"textenv/Arithmetic-v0": {}}}, "bench.toml").tasks[0].id == "textenv/Arithmetic-v0"
-
-
 def test_one_grpo_step_on_a_multi_turn_env(chat_dir):
     policy = Policy.from_pretrained(chat_dir)
     agent = algos.make("grpo", policy, batch_size=2, group_size=2, max_new_tokens=4, beta=0.04, lr=1e-3)
