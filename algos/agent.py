@@ -40,7 +40,8 @@ import textenv
 from algos import fields
 from algos.engine import Engine, make_engine
 from algos.errors import run_cleanup
-from algos.multiturn_eval import evaluate_episodes, multiturn_env
+from algos.multiturn import multiturn_env
+from algos.multiturn_eval import evaluate_episodes
 from algos.policy import CheckpointError, EncodedBatch, Policy, Prompt, reading
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).

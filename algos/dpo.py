@@ -21,7 +21,7 @@ import torch
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import as_episodes, collect_demonstrations, collect_episodes, copies
+from algos.multiturn import as_episodes, collect_demonstrations, collect_episodes, copies, multiturn_env
 from algos.policy import EncodedBatch, Policy
 from textenv.multiturn import MultiTurnEnv
 
@@ -58,8 +58,8 @@ class DPO(Agent):
         return losses.sequence_logprob(token_logps, pairs.completion_mask[order], normalize=normalize).view(2, n).T
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
-        if isinstance(env, MultiTurnEnv):
-            return self._trajectory_pairs(env, rng)
+        if (episodes_env := multiturn_env(env)) is not None:
+            return self._trajectory_pairs(episodes_env, rng)
         pairs = env.sample(self.config.batch_size, rng, "train", require="pair")
         encoded = self.policy.encode([ex.prompt for ex in pairs for _ in (0, 1)],
                                      [text for ex in pairs for text in (ex.chosen, ex.rejected)])

@@ -30,7 +30,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.multiturn import collect_demonstrations, collect_episodes, copies
+from algos.multiturn import collect_demonstrations, collect_episodes, copies, multiturn_env
 from algos.rollout import collect, encode_references
 from textenv.multiturn import MultiTurnEnv
 
@@ -72,8 +72,8 @@ class GRAO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if isinstance(env, MultiTurnEnv):
-            return self._episodes_batch(env, rng)
+        if (episodes_env := multiturn_env(env)) is not None:
+            return self._episodes_batch(episodes_env, rng)
         examples = env.sample(cfg.batch_size, rng, "train", require="reference")
         rollout = collect(self.policy, env, examples, cfg, rng, answer_rewards=True,
                           offset=self.engine.offset_of_share(len(examples)))

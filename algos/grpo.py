@@ -24,7 +24,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.multiturn import collect_episodes, copies
+from algos.multiturn import collect_episodes, copies, multiturn_env
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
 
@@ -63,8 +63,8 @@ class GRPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if isinstance(env, MultiTurnEnv):
-            return self._episodes_batch(env, rng)
+        if (episodes_env := multiturn_env(env)) is not None:
+            return self._episodes_batch(episodes_env, rng)
         examples = env.sample(cfg.batch_size, rng, "train")
         rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         advantages = self.engine.over_batch(partial(losses.group_advantages, scale=cfg.scale_rewards), rollout.rewards)

@@ -327,6 +327,13 @@ def _play(policy: Policy, envs: list[MultiTurnEnv], group_size: int, seed: int, 
     return as_episodes(policy, trajectories, group_size, drifts)
 
 
+def multiturn_env(env: Any) -> MultiTurnEnv | None:
+    """The ``MultiTurnEnv`` under ``env`` (``env`` itself, or what its wrappers or the engine's sharded view
+    wrap), None for any other env: how an algorithm's ``make_batch`` tells a multi-turn env."""
+    inner = getattr(env, "unwrapped", env)
+    return inner if isinstance(inner, MultiTurnEnv) else None
+
+
 def copies(env: MultiTurnEnv, n: int) -> list[MultiTurnEnv]:
     """``n`` fresh envs of ``env``'s task, split and turn limit: what a step plays its episodes in."""
     return [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns) for _ in range(n)]

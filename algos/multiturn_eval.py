@@ -31,18 +31,12 @@ from typing import Any
 
 import numpy as np
 
-from algos.multiturn import Trajectory, collect_episodes, episode_seed
+from algos.multiturn import Trajectory, collect_episodes, episode_seed, multiturn_env
 from algos.policy import Policy
 from textenv.multiturn import MultiTurnEnv, render_conversation
 
 EPISODE_METRICS = ("reward", "success_rate", "turns", "invalid_rate", "tool_calls", "tool_success")
 TIE_TOL = 1e-9  # returns this close are a tie for NAG (as textenv.metrics)
-
-
-def multiturn_env(env: Any) -> MultiTurnEnv | None:
-    """The ``MultiTurnEnv`` under ``env`` (``env`` itself or what its wrappers wrap), None for any other env."""
-    inner = getattr(env, "unwrapped", env)
-    return inner if isinstance(inner, MultiTurnEnv) else None
 
 
 def eval_rows(env: Any, split: str = "eval", num_prompts: int | None = None) -> int:

@@ -29,7 +29,7 @@ import torch
 
 from algos import fields, losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_episodes
+from algos.multiturn import collect_episodes, multiturn_env
 from algos.policy import EncodedBatch
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
@@ -68,6 +68,7 @@ class PPOConfig(AgentConfig):
 @register("ppo")
 class PPO(Agent):
     config_class = PPOConfig
+    multiturn = True
 
     def needs_reference(self) -> bool:
         return True
@@ -96,8 +97,8 @@ class PPO(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if isinstance(getattr(env, "unwrapped", None), MultiTurnEnv):  # also under the engine's sharded view
-            return self._episodes_batch(env.unwrapped, rng)
+        if (episodes_env := multiturn_env(env)) is not None:
+            return self._episodes_batch(episodes_env, rng)
         examples = env.sample(cfg.batch_size, rng, "train")
         rollout = collect(self.policy, env, examples, cfg, rng, offset=self.engine.offset_of_share(len(examples)))
         samples, mask = rollout.samples.batch, rollout.samples.completion_mask

@@ -13,9 +13,8 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_demonstrations, copies
+from algos.multiturn import collect_demonstrations, copies, multiturn_env
 from algos.rollout import encode_references
-from textenv.multiturn import MultiTurnEnv
 
 
 @dataclass
@@ -30,12 +29,12 @@ class SFT(Agent):
     multiturn = True
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
-        if isinstance(env, MultiTurnEnv):
+        if (episodes_env := multiturn_env(env)) is not None:
             if self.engine.world_size > 1:
                 raise NotImplementedError("SFT on a multi-turn env runs in one process so far")
             n = self.config.batch_size
-            demonstrations = collect_demonstrations(self.policy, copies(env, n), num_prompts=n, split=env.split,
-                                                    seed=int(rng.integers(2**31)))
+            demonstrations = collect_demonstrations(self.policy, copies(episodes_env, n), num_prompts=n,
+                                                    split=episodes_env.split, seed=int(rng.integers(2**31)))
             return Batch(n, demonstrations.stats, answers=demonstrations.batch)
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
         return Batch(len(examples), answers=encode_references(self.policy, env, examples))
