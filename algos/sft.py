@@ -35,7 +35,9 @@ class SFT(Agent):
             n = self.config.batch_size
             demonstrations = collect_demonstrations(self.policy, copies(episodes_env, n), num_prompts=n,
                                                     split=episodes_env.split, seed=int(rng.integers(2**31)))
-            return Batch(n, demonstrations.stats, answers=demonstrations.batch)
+            stats = {"demonstrations/return": demonstrations.stats["reward/mean"],  # the oracle's, not the model's
+                     "demonstrations/turns": demonstrations.stats["episodes/turns"]}
+            return Batch(n, stats, answers=demonstrations.batch)
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
         return Batch(len(examples), answers=encode_references(self.policy, env, examples))
 

@@ -130,6 +130,8 @@ _RECIPES: dict[str, TinyRecipe] = {
                               max_positions=256),
     "GuessNumber-v0": TinyRecipe(hidden=64, layers=2, heads=4, steps=800, batch_size=8, seq_len=448,
                                  max_positions=512),
+    # Not shipped: measured on KeyValue-v0(max_hops=2, n_chains=2) it writes well-formed tool calls but does
+    # not copy the keys (success 0 of 64, 5% of calls without error); the task needs a larger or longer-trained base.
     "KeyValue-v0": TinyRecipe(hidden=64, layers=2, heads=4, steps=800, batch_size=8, seq_len=896,
                               max_positions=1024),
 }
@@ -148,7 +150,6 @@ SHIPPED: list[tuple[str, dict]] = [
     ("textenv/Dialogue-v0", {}),
     ("textenv/Sentiment-v0", {}),
     ("textenv/GuessNumber-v0", {}),
-    ("textenv/KeyValue-v0", {"max_hops": 2, "n_chains": 2}),
 ]
 SHIPPED_DIR = Path(__file__).parent / "tiny_models"
 

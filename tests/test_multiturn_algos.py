@@ -88,7 +88,8 @@ def test_demonstrations_are_the_oracle_playing_the_episodes_of_each_group(chat_d
 @pytest.mark.parametrize("env_id", [GUESS, KV])
 def test_demonstrations_through_the_tiny_multiturn_template_do_not_drift(env_id):
     policy = byte_policy(env_id)
-    demos = collect_demonstrations(policy, env_id, num_prompts=3, seed=0, check_drift=True)
+    envs = [textenv.make(env_id, n_train=3, n_eval=1) for _ in range(3)]  # a small task: quick to build
+    demos = collect_demonstrations(policy, envs, num_prompts=3, seed=0, check_drift=True)
     assert all(d.first_difference is None and d.num_different == 0 for d in demos.drift)
     assert all(t.success for t in demos.trajectories)
     text = policy.tokenizer.decode(demos.trajectories[0].all_ids)
@@ -172,3 +173,14 @@ def test_grpo_per_turn_credit(chat_dir):
     torch.testing.assert_close(batch.advantages, expected)
     loss, _ = agent.loss(batch, algos.agent.StepTotals.of(batch))
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("algo", ["sft", "dpo", "grpo", "grao"])
+def test_several_processes_are_refused_by_name(chat_dir, algo):
+    from algos.engine import Engine
+
+    settings = {"group_size": 2} if algo in ("grpo", "grao") else {}
+    agent = algos.make(algo, Policy.from_pretrained(chat_dir), batch_size=2, max_new_tokens=4,
+                       engine=Engine(rank=0, world_size=2), **settings)
+    with pytest.raises(NotImplementedError, match=rf"{algo.upper()} on a multi-turn env runs in one process so far"):
+        agent.update(textenv.make(GUESS, max_turns=2), np.random.default_rng(0))
