@@ -35,9 +35,9 @@ def findings_block(text: str, start: str, end: str) -> list[str]:
     return [line for line in text[begin:text.index(end, begin)].splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("run", ["quick", "real"])
+@pytest.mark.parametrize("run", ["quick", "real", "multiturn"])
 def test_the_readme_results_claim_what_the_report_finds(run):
-    """The README's claims about the quick and the real benchmark are their reports' Findings (written from
+    """The README's claims about the quick, the real and the multi-turn benchmark are their reports' Findings (written from
     the paired table alone), copied verbatim: they cannot claim more than ✓ or drift from the numbers."""
     from benchmarks.report import FINDINGS_TITLE
 

@@ -212,9 +212,11 @@ def test_exactly_the_current_base_models_are_shipped():
 
 def test_the_recipe_rebuilds_a_model_like_the_shipped_one(tmp_path):
     """The shipped Arithmetic-v0 model is what its recipe trains: pretrained again here (another machine's
-    floats, so not bitwise), its final loss is within 3% of the shipped one's and the two agree on most
-    greedy answers. Observed on the machine that shipped it: final loss 1.1495 vs 1.1495 and agreement 1.000
-    on the 200 eval prompts, at 1 and 2 threads (the margins leave room for another CPU's floats)."""
+    floats, so not bitwise), its final loss is within 3% of the shipped one's and the two agree on more greedy
+    answers than models of two seeds do. Observed on the 200 eval prompts: on the machine that shipped it, final
+    loss 1.1495 vs 1.1495 and agreement 1.000 at 1 and 2 threads; on an AMD EPYC, 1.1495 vs 1.1526 and agreement
+    0.635, where the recipe at seed 1 agrees 0.385 with the shipped model and 0.405 with the rebuilt one (loss
+    1.1690): 0.5 sits between the two."""
     import json
 
     import textenv
@@ -231,4 +233,4 @@ def test_the_recipe_rebuilds_a_model_like_the_shipped_one(tmp_path):
     agree = np.mean([a == b for a, b in zip(*answers, strict=True)])
     print(f"final loss shipped {loss[0]:.4f}, rebuilt {loss[1]:.4f}; greedy agreement {agree:.3f}")
     assert abs(loss[1] - loss[0]) < 0.03 * loss[0]
-    assert agree > 0.7
+    assert agree > 0.5
