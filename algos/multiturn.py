@@ -5,6 +5,10 @@ B groups of G envs (the envs of a group with one seed, so they start the same ep
 turn, samples the next assistant message of every live episode with ONE batched ``policy.generate``
 call and steps each env with its text, until every episode has ended (terminated or truncated).
 
+``collect_demonstrations(policy, env, num_prompts=B, seed=s)`` has the task's oracle play the same B
+episodes (rows and states) once each, tokenised as if the model had sampled the oracle's messages: the
+reference trajectories y of SFT and GRAO and the preferred ones of DPO.
+
 A trajectory is what the model saw and wrote, token by token, and nothing is ever re-tokenised:
 
     prompt_ids   the first messages through the chat template (``tools=`` the env's schemas) with the

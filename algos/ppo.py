@@ -29,7 +29,7 @@ import torch
 
 from algos import fields, losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_episodes, multiturn_env
+from algos.multiturn import collect_episodes, copies, multiturn_env
 from algos.policy import EncodedBatch
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
@@ -117,10 +117,9 @@ class PPO(Agent):
             raise NotImplementedError(
                 f"PPO on a multi-turn env ({env.task.name}) runs in one process so far, not {self.engine.world_size}: "
                 "its episodes are not shared out over processes yet; launch it without torchrun / accelerate")
-        envs = [MultiTurnEnv(env.task, split=env.split, max_turns=env.max_turns)
-                for _ in range(cfg.batch_size * cfg.group_size)]  # one task, G * B episodes
         episodes = collect_episodes(
-            self.policy, envs, num_prompts=cfg.batch_size, group_size=cfg.group_size, seed=int(rng.integers(2**31)),
+            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
+            group_size=cfg.group_size, seed=int(rng.integers(2**31)),
             split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
             top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
         samples, mask = episodes.batch, episodes.batch.completion_mask  # mask: the model's tokens only

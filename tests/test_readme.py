@@ -37,8 +37,9 @@ def findings_block(text: str, start: str, end: str) -> list[str]:
 
 @pytest.mark.parametrize("run", ["quick", "real", "multiturn"])
 def test_the_readme_results_claim_what_the_report_finds(run):
-    """The README's claims about the quick, the real and the multi-turn benchmark are their reports' Findings (written from
-    the paired table alone), copied verbatim: they cannot claim more than ✓ or drift from the numbers."""
+    """The README's claims about the quick, the real and the multi-turn benchmark are their reports' Findings
+    (written from the paired table alone), copied verbatim: they cannot claim more than ✓ or drift from the
+    numbers."""
     from benchmarks.report import FINDINGS_TITLE
 
     report = (README.parent / "docs" / run / "report.md").read_text()
