@@ -2,8 +2,9 @@
 
 ``GRAO_TEST_THREADS`` (default 1) sets torch's thread count for the whole run, and
 ``GRAO_TEST_BASE_SEED`` (default 0, the shipped base model) the pretraining seed of the tiny base
-model the learning tests start from. Both change float sums the way another machine would: CI runs
-the learning tests a second time with other values, so a margin tuned to one draw fails here.
+model the learning tests start from. Both change float sums the way another machine would; the learning
+tests run under two such perturbations each (``tests/test_learning.py``), so a margin tuned to one draw
+fails here.
 """
 
 import os
@@ -18,6 +19,12 @@ from rewards.tiny import byte_tokenizer
 THREADS = int(os.environ.get("GRAO_TEST_THREADS", "1"))  # tiny models gain little from more; a busy machine loses a lot
 BASE_SEED = int(os.environ.get("GRAO_TEST_BASE_SEED", "0"))
 torch.set_num_threads(THREADS)
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The learning tests first: they are the slowest file (about a third of the run), so under the README's
+    ``pytest -n 2 --dist loadfile`` one worker takes them while the other runs everything else."""
+    items.sort(key=lambda item: item.path.name != "test_learning.py")  # stable: the rest keeps its order
 
 
 def pytest_report_header(config) -> str:

@@ -3,15 +3,16 @@ chosen from the spread measured under the perturbations another machine brings.
 
 Floats differ between CPUs and thread counts, and RL turns a last-bit difference into other samples,
 so one training run's gain is one draw. Each test trains several seeds and asserts on their mean, with
-a margin well below the smallest mean measured under every perturbation tried: torch threads 1 and 2
-(``GRAO_TEST_THREADS``) and the shipped base model against one pretrained here from another seed
-(``GRAO_TEST_BASE_SEED=1``). CI runs this file twice, with (1 thread, shipped base) and (2 threads,
-base seed 1). Each test prints what it observed, so the headroom can be read in the log (``-s``).
+a margin well below the smallest mean measured under every perturbation tried. Every test runs twice,
+under (1 torch thread, the shipped base model) and (2 threads, a base model pretrained here from seed 1),
+the way a second machine would; ``GRAO_TEST_THREADS`` / ``GRAO_TEST_BASE_SEED`` run one perturbation of
+your choice instead. Each test prints what it observed, so the headroom can be read in the log (``-s``).
 
 These are the slowest tests: each online algorithm trains 2 seeds x 300 steps of 8 prompts x G = 8.
 """
 
 import dataclasses
+import os
 
 import numpy as np
 import pytest
@@ -22,6 +23,10 @@ import algos
 import textenv
 from algos import Policy
 
+# (torch threads, base-model seed) of each pass; the environment variables choose one instead.
+PERTURBATIONS = ([(THREADS, BASE_SEED)] if {"GRAO_TEST_THREADS", "GRAO_TEST_BASE_SEED"} & set(os.environ)
+                 else [(1, 0), (2, 1)])
+CURRENT: dict[str, int] = {}  # the running perturbation's base seed, for report()
 SEEDS = (0, 1)  # two seeds: a third cost CI a minute a pass and, where measured, moved no mean below its margin
 
 
@@ -30,17 +35,29 @@ def env():
     return textenv.make("textenv/Arithmetic-v0")
 
 
+@pytest.fixture(scope="module", params=PERTURBATIONS, ids=lambda p: f"threads{p[0]}-base{p[1]}")
+def perturbation(request):
+    """Run the module's tests with this many torch threads (restored afterwards) from this base seed."""
+    threads, base_seed = request.param
+    CURRENT["base_seed"] = base_seed
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield threads, base_seed
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
-def base_path(env):
-    """The shipped base model (seed 0), or one pretrained here from ``GRAO_TEST_BASE_SEED``."""
+def base_path(env, perturbation):
+    """The shipped base model (seed 0), or one pretrained here from the perturbation's base seed."""
     from algos.tiny import default_recipe, pretrain_tiny
 
     task = env.unwrapped.task
-    return pretrain_tiny(task, dataclasses.replace(default_recipe(task.name), seed=BASE_SEED), progress=False)
+    seed = perturbation[1]
+    return pretrain_tiny(task, dataclasses.replace(default_recipe(task.name), seed=seed), progress=False)
 
 
 def report(what: str, values: list[float], asserted: str) -> None:
-    print(f"\n{what} (threads {THREADS}, base seed {BASE_SEED}): "
+    print(f"\n{what} (threads {torch.get_num_threads()}, base seed {CURRENT['base_seed']}): "
           f"{', '.join(f'{v:+.3f}' for v in values)}; mean {np.mean(values):+.3f}; asserted {asserted}")
 
 
