@@ -340,6 +340,12 @@ class Agent:
         On several processes each rank makes the batch of its share of the step's prompt groups and
         orders its own groups, so a minibatch holds an equal share of every rank's groups."""
         cfg = self.config
+        episodes = multiturn_env(env)
+        if episodes is not None and self.engine.world_size > 1:
+            raise NotImplementedError(
+                f"{type(self).__name__} on a multi-turn env ({episodes.task.name}) runs in one process so far, not "
+                f"{self.engine.world_size}: its episodes are not shared out over processes yet; launch it without "
+                "torchrun / accelerate")
         with torch.no_grad():
             batch = self.make_batch(self.engine.shard(env), rng)
         stats: dict[str, float] = {}

@@ -67,8 +67,6 @@ class DPO(Agent):
 
     def _trajectory_pairs(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if self.engine.world_size > 1:
-            raise NotImplementedError("DPO on a multi-turn env runs in one process so far")
         n, seed = cfg.batch_size, int(rng.integers(2**31))  # both trajectories of a pair play the same episode
         chosen = collect_demonstrations(self.policy, copies(env, n), num_prompts=n, seed=seed, split=env.split)
         rejected = collect_episodes(self.policy, copies(env, n), num_prompts=n, group_size=1, seed=seed,

@@ -84,8 +84,6 @@ class GRAO(Agent):
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if self.engine.world_size > 1:
-            raise NotImplementedError("GRAO on a multi-turn env runs in one process so far")
         seed = int(rng.integers(2**31))  # the episodes and the demonstrations play the same rows and states
         episodes = collect_episodes(
             self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,

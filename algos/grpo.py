@@ -72,8 +72,6 @@ class GRPO(Agent):
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if self.engine.world_size > 1:
-            raise NotImplementedError("GRPO on a multi-turn env runs in one process so far")
         episodes = collect_episodes(
             self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
             group_size=cfg.group_size, seed=int(rng.integers(2**31)),

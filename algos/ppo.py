@@ -113,10 +113,6 @@ class PPO(Agent):
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        if self.engine.world_size > 1:
-            raise NotImplementedError(
-                f"PPO on a multi-turn env ({env.task.name}) runs in one process so far, not {self.engine.world_size}: "
-                "its episodes are not shared out over processes yet; launch it without torchrun / accelerate")
         episodes = collect_episodes(
             self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
             group_size=cfg.group_size, seed=int(rng.integers(2**31)),

@@ -30,8 +30,6 @@ class SFT(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         if (episodes_env := multiturn_env(env)) is not None:
-            if self.engine.world_size > 1:
-                raise NotImplementedError("SFT on a multi-turn env runs in one process so far")
             n = self.config.batch_size
             demonstrations = collect_demonstrations(self.policy, copies(episodes_env, n), num_prompts=n,
                                                     split=episodes_env.split, seed=int(rng.integers(2**31)))

@@ -182,5 +182,6 @@ def test_several_processes_are_refused_by_name(chat_dir, algo):
     settings = {"group_size": 2} if algo in ("grpo", "grao") else {}
     agent = algos.make(algo, Policy.from_pretrained(chat_dir), batch_size=2, max_new_tokens=4,
                        engine=Engine(rank=0, world_size=2), **settings)
-    with pytest.raises(NotImplementedError, match=rf"{algo.upper()} on a multi-turn env runs in one process so far"):
+    with pytest.raises(NotImplementedError, match=rf"{algo.upper()} on a multi-turn env \(GuessNumber-v0\) runs in "
+                                                  r"one process so far, not 2"):
         agent.update(textenv.make(GUESS, max_turns=2), np.random.default_rng(0))
