@@ -23,7 +23,7 @@ torch.set_num_threads(THREADS)
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     """The learning tests first: their two files (one per perturbation) are the slowest, so under the README's
-    ``pytest -n 2 --dist loadfile`` the two workers start with one each and share the rest."""
+    ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` the two workers start with one each and share the rest."""
     items.sort(key=lambda item: not item.path.name.startswith("test_learning"))  # stable: the rest keeps its order
 
 

@@ -137,7 +137,9 @@ def test_check_agent_passes_on_smollm2_with_lora(model_dir, sums):
 def test_bf16_autocast_and_gradient_checkpointing_train_the_real_model(model_dir, sums):
     policy = lora_policy(model_dir, bf16=True, gradient_checkpointing=True)
     adapter = {n: p.detach().clone() for n, p in policy.model.named_parameters() if p.requires_grad}
-    agent = algos.make("grao", policy, lr=1e-3, group_size=2, micro_batch_size=1, **BUDGET)
+    # One prompt and two tokens: bf16 matmuls are emulated (slow) on CPUs without AVX512-BF16.
+    agent = algos.make("grao", policy, lr=1e-3, group_size=2, micro_batch_size=1, **{**BUDGET, "batch_size": 1,
+                                                                                        "max_new_tokens": 2})
     assert policy.model.training and policy.autocast is torch.bfloat16
     history = agent.learn(sums, 1, progress=False)
     assert np.isfinite(history[0]["loss"])
