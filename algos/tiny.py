@@ -142,6 +142,9 @@ def default_recipe(task_name: str) -> TinyRecipe:
     return _RECIPES.get(task_name.removeprefix("textenv/"), TinyRecipe())
 
 
+# A GuessNumber-v0 small enough for the tiny base to play well but not perfectly (numbers of 4..15, four
+# guesses: bisection always wins; base ~0.55 at temperature 0.7): the multi-turn learning tests start from it.
+GUESS_NUMBER_SMALL = {"min_high": 4, "max_high": 15, "n_train": 86, "n_eval": 28, "guesses": 4}
 # The task variants whose default-recipe base models ship with the package: the tests' and the built-in
 # benchmark configs' (quick.toml evaluates Arithmetic-v0 on 400 prompts, which changes its corpus).
 SHIPPED: list[tuple[str, dict]] = [
@@ -150,6 +153,7 @@ SHIPPED: list[tuple[str, dict]] = [
     ("textenv/Dialogue-v0", {}),
     ("textenv/Sentiment-v0", {}),
     ("textenv/GuessNumber-v0", {}),
+    ("textenv/GuessNumber-v0", GUESS_NUMBER_SMALL),
 ]
 SHIPPED_DIR = Path(__file__).parent / "tiny_models"
 
@@ -208,10 +212,17 @@ def tokenizer_for(task: Task | MultiTurnTask) -> PreTrainedTokenizerFast:
     return tok
 
 
+# A multi-turn corpus holds at least this many conversations: a task of few train rows plays each several
+# times (other noisy moves each time), so that the base model learns a policy over positions rather than
+# the few conversations by heart.
+MULTITURN_DOCUMENTS = 2000
+
+
 def multiturn_documents(task: MultiTurnTask, seed: int = 0, noise: float = MULTITURN_NOISE) -> list[str]:
-    """One conversation per train row, rendered with :data:`MULTITURN_TEMPLATE` (less its BOS, which
-    pretraining adds): each move is the oracle's, or with probability ``noise`` the oracle's move of another
-    row's episode (a plausible move for the wrong episode, which the env answers as it would any)."""
+    """Conversations of the train rows, rendered with :data:`MULTITURN_TEMPLATE` (less its BOS, which
+    pretraining adds): every row once, or as many times over as :data:`MULTITURN_DOCUMENTS` needs. Each move
+    is the oracle's, or with probability ``noise`` the oracle's move of another row's episode (a plausible
+    move for the wrong episode, which the env answers as it would any)."""
     rows = task.split("train")
     rng = np.random.default_rng(seed)
     pool = []  # the oracle's moves of the train split, played cleanly
@@ -222,7 +233,7 @@ def multiturn_documents(task: MultiTurnTask, seed: int = 0, noise: float = MULTI
             episode.step(move)
     tok, schemas = tokenizer_for(task), Toolbox(task.tools, where=task.name).schemas
     docs = []
-    for row in rows:
+    for row in [row for _ in range(-(-MULTITURN_DOCUMENTS // len(rows))) for row in rows]:
         episode = Episode(task, row, np.random.default_rng(seed))
         while not (episode.terminated or episode.truncated):
             move = pool[int(rng.integers(len(pool)))] if rng.random() < noise else task.oracle(episode.state)

@@ -100,6 +100,29 @@ def test_guess_number_discount_and_splits():
         textenv.make_task("textenv/GuessNumber-v0", discount=0)
 
 
+def test_guess_number_guesses_is_the_turn_limit():
+    """``guesses`` sets the task's max_turns: a wrong guess each turn is truncated after exactly that many,
+    and bisection wins every row of the small variant (h <= 15) within four."""
+    from algos.tiny import GUESS_NUMBER_SMALL
+
+    env = textenv.make("textenv/GuessNumber-v0", guesses=3)
+    assert env.unwrapped.max_turns == 3
+    env.reset(seed=0)
+    steps = [env.step("1000") for _ in range(3)]  # out of range: invalid, the turn is spent
+    assert [s[3] for s in steps] == [False, False, True] and not any(s[2] for s in steps)
+    small = textenv.make("textenv/GuessNumber-v0", **GUESS_NUMBER_SMALL)
+    for index in range(len(small.unwrapped.task.split("eval"))):
+        small.reset(seed=0, options={"split": "eval", "index": index})
+        done = False
+        while not done:
+            _, reward, terminated, truncated, _ = small.step(small.unwrapped.oracle())
+            done = terminated or truncated
+        assert terminated and reward == 1.0
+    for bad in (0, 2.5, True):
+        with pytest.raises(TaskError, match=f"guesses must be an integer >= 1, got {bad!r}"):
+            textenv.make_task("textenv/GuessNumber-v0", guesses=bad)
+
+
 # ---- KeyValue -------------------------------------------------------------------------------------------
 
 def test_key_value_oracle_always_wins_in_hops_plus_one_turns():

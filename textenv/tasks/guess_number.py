@@ -17,7 +17,8 @@ Random vs oracle, measured on the 200 eval rows (seed 0: h in 8..100, ``max_turn
     text without a number (always invalid)        0.0              0.0
 
 Following the replies at all is most of the skill at ``discount=1``; ``discount < 1`` also pays for
-bisecting.
+bisecting. ``guesses`` (default 10) is the task's turn limit (an env's ``max_turns`` may lower it); with
+``max_high=15, guesses=4`` (``algos.tiny.GUESS_NUMBER_SMALL``) only play that follows the replies closely wins.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ class GuessNumber(MultiTurnTask):
     name = "GuessNumber-v0"
 
     def __init__(self, seed: int = 0, n_train: int = 2000, n_eval: int = 200, min_high: int = 8,
-                 max_high: int = 100, discount: float = 1.0):
+                 max_high: int = 100, discount: float = 1.0, guesses: int = 10):
         if not 2 <= min_high <= max_high:
             raise TaskError(f"{self.name}: need 2 <= min_high <= max_high, got {min_high} and {max_high}")
         if not 0.0 < discount <= 1.0:
             raise TaskError(f"{self.name}: discount must be in (0, 1], got {discount}")
+        if isinstance(guesses, bool) or not isinstance(guesses, int) or guesses < 1:
+            raise TaskError(f"{self.name}: guesses must be an integer >= 1, got {guesses!r}")
         rows = [{"low": 1, "high": h, "target": t} for h in range(min_high, max_high + 1) for t in range(1, h + 1)]
         if n_train < 1 or n_eval < 1 or n_train + n_eval > len(rows):
             raise TaskError(f"{self.name}: n_train={n_train} + n_eval={n_eval} must be positive and at most the "
@@ -65,7 +68,7 @@ class GuessNumber(MultiTurnTask):
         order = np.random.default_rng(seed).permutation(len(rows))
         self.splits = {"train": [rows[i] for i in order[n_eval:n_eval + n_train]],
                        "eval": [rows[i] for i in order[:n_eval]]}
-        self.discount, self.max_turns = discount, 10
+        self.discount, self.max_turns = discount, guesses  # the env's max_turns may cut it
         self.description = f"guess a number in 1..h (h <= {max_high}) from higher/lower replies"
 
     def reset(self, row: dict[str, Any], rng: np.random.Generator) -> tuple[list[dict[str, Any]], Guessing]:
