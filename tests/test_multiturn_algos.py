@@ -98,6 +98,21 @@ def test_demonstrations_through_the_tiny_multiturn_template_do_not_drift(env_id)
         assert text.startswith("<bos>tools: get, submit\nuser: ") and "\ntool: " in text
 
 
+def test_a_small_multiturn_corpus_plays_each_row_several_times_with_other_noise():
+    """A task of 86 train rows is played as 24 x 86 = 2,064 conversations (MULTITURN_DOCUMENTS = 2,000), each
+    row's copies with other noisy moves; a task of 2,000 rows or more plays each once (the shipped corpora)."""
+    from algos.tiny import GUESS_NUMBER_SMALL, MULTITURN_DOCUMENTS, multiturn_documents
+
+    task = textenv.make(GUESS, **GUESS_NUMBER_SMALL).unwrapped.task
+    docs = multiturn_documents(task, seed=0)
+    rows = len(task.split("train"))
+    assert rows == 86 and len(docs) == 24 * rows and len(docs) >= MULTITURN_DOCUMENTS
+    copies = [docs[i] for i in range(0, len(docs), rows)]  # every copy of the first row
+    assert len(set(copies)) > 1  # the noise differs between copies
+    assert all(c.startswith(copies[0].split("\n")[0]) for c in copies)  # ... and the row (its prompt) does not
+    assert len(multiturn_documents(textenv.make(GUESS).unwrapped.task, seed=0)) == 2000
+
+
 def capture_logit_grads(policy: Policy):
     """Keep the lm_head output of every forward pass with its gradient (a list, one per pass)."""
     outputs = []
