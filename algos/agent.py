@@ -40,9 +40,10 @@ import textenv
 from algos import fields
 from algos.engine import Engine, make_engine
 from algos.errors import run_cleanup
-from algos.multiturn import multiturn_env
+from algos.multiturn import Episodes, collect_demonstrations, collect_episodes, copies, multiturn_env
 from algos.multiturn_eval import evaluate_episodes
 from algos.policy import CheckpointError, EncodedBatch, Policy, Prompt, reading
+from textenv.multiturn import MultiTurnEnv
 
 # What learn/evaluate accept: a textenv env, possibly wrapped, or a make_vec env (see textenv.batched).
 AnyEnv = gymnasium.Env | gymnasium.vector.VectorEnv
@@ -340,12 +341,6 @@ class Agent:
         On several processes each rank makes the batch of its share of the step's prompt groups and
         orders its own groups, so a minibatch holds an equal share of every rank's groups."""
         cfg = self.config
-        episodes = multiturn_env(env)
-        if episodes is not None and self.engine.world_size > 1:
-            raise NotImplementedError(
-                f"{type(self).__name__} on a multi-turn env ({episodes.task.name}) runs in one process so far, not "
-                f"{self.engine.world_size}: its episodes are not shared out over processes yet; launch it without "
-                "torchrun / accelerate")
         with torch.no_grad():
             batch = self.make_batch(self.engine.shard(env), rng)
         stats: dict[str, float] = {}
@@ -357,6 +352,29 @@ class Agent:
                 stats = self.optimizer_step(batch.select(part))
         trained = sum(enc.num_tokens for enc in batch.encoded().values()) * cfg.num_iterations
         return self.engine.mean_stats({**stats, **batch.stats, "tokens/trained": float(trained)}, _summed_stat)
+
+    def play(self, env: MultiTurnEnv, seed: int, group_size: int) -> Episodes:
+        """This process's share of a step's ``batch_size`` groups of ``group_size`` episodes of ``env``, sampled
+        with the config's settings (``max_new_tokens`` per turn, ``generation_chunk`` groups per ``generate``).
+
+        Group ``b`` of the step is reset with ``episode_seed(seed, b)`` on every process count, so with a
+        ``generation_chunk`` that divides the share, two processes play the episodes one process plays; under a
+        sharded model every process runs every turn until all have ended (``collect_episodes``' ``lock_step``)."""
+        cfg, share = self.config, self.engine.share(self.config.batch_size, "prompt groups of a step")
+        n = share.stop - share.start
+        return collect_episodes(
+            self.policy, copies(env, n * group_size), num_prompts=n, group_size=group_size, seed=seed,
+            split=env.split, first_group=share.start, chunk=cfg.generation_chunk,
+            lock_step=self.engine.any if self.policy.sharded else None, max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+
+    def demonstrate(self, env: MultiTurnEnv, seed: int) -> Episodes:
+        """The task's oracle playing, once each, the groups that ``play(env, seed, ...)`` plays on this process:
+        SFT's and GRAO's reference trajectories y, DPO's preferred ones."""
+        share = self.engine.share(self.config.batch_size, "prompt groups of a step")
+        n = share.stop - share.start
+        return collect_demonstrations(self.policy, copies(env, n), num_prompts=n, seed=seed, split=env.split,
+                                      first_group=share.start)
 
     def optimizer_step(self, batch: Batch) -> dict[str, float]:
         """Accumulate the gradients of ``batch`` in micro-batches (the engine reduces them over ranks in the

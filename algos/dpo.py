@@ -9,7 +9,7 @@ demonstration with the model's own generation. Log-probs are sums over the assis
 loss mask leaves out every environment and tool token). A pair whose policy episode did as well as the
 oracle's stays in, as in SPIN: its trajectory still differs from the demonstration, and the objective is
 to move the policy's trajectories towards the demonstrations; ``pairs/rejected_success_rate`` says how
-often that happens. One process only, so far.
+often that happens. On several processes each plays its share of the pairs (``Agent.play``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import as_episodes, collect_demonstrations, collect_episodes, copies, multiturn_env
+from algos.multiturn import as_episodes, multiturn_env
 from algos.policy import EncodedBatch, Policy
 from textenv.multiturn import MultiTurnEnv
 
@@ -66,12 +66,9 @@ class DPO(Agent):
         return Batch(len(pairs), pairs=encoded, ref_logps=self.sequence_logps(self.policy.reference(), encoded))
 
     def _trajectory_pairs(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
-        cfg = self.config
-        n, seed = cfg.batch_size, int(rng.integers(2**31))  # both trajectories of a pair play the same episode
-        chosen = collect_demonstrations(self.policy, copies(env, n), num_prompts=n, seed=seed, split=env.split)
-        rejected = collect_episodes(self.policy, copies(env, n), num_prompts=n, group_size=1, seed=seed,
-                                    split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                    top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        seed = int(rng.integers(2**31))  # both trajectories of a pair play the same episode
+        chosen, rejected = self.demonstrate(env, seed), self.play(env, seed, group_size=1)
+        n = len(chosen.trajectories)
         pairs = as_episodes(self.policy, [t for pair in zip(chosen.trajectories, rejected.trajectories, strict=True)
                                           for t in pair], group_size=2).batch  # rows 2k, 2k+1
         stats = {**rejected.stats, "pairs/chosen_return": chosen.stats["reward/mean"],

@@ -14,7 +14,7 @@ episodes (``algos.multiturn``) and the task's oracle plays each group's episode 
 demonstration trajectory is y, and R(y) its return. l(.) is then the mean log-prob of the model's own
 tokens of a trajectory (the loss mask leaves out every environment and tool token). The advantages stay
 outcome advantages of whole episodes: GRAO's three terms are defined on sequence-level A_i and A_y.
-One process only, so far.
+On several processes each plays its share of the groups (``Agent.play``).
 
 ``group_size=1`` is allowed with the default ``group="samples+reference"``: mu and sigma are then over
 the sample and y, so the sample is scored against the reference and the step learns. With
@@ -30,7 +30,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.multiturn import collect_demonstrations, collect_episodes, copies, multiturn_env
+from algos.multiturn import multiturn_env
 from algos.rollout import collect, encode_references
 from textenv.multiturn import MultiTurnEnv
 
@@ -85,15 +85,10 @@ class GRAO(Agent):
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
         seed = int(rng.integers(2**31))  # the episodes and the demonstrations play the same rows and states
-        episodes = collect_episodes(
-            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
-            group_size=cfg.group_size, seed=seed, split=env.split, max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
-        demonstrations = collect_demonstrations(self.policy, copies(env, cfg.batch_size), num_prompts=cfg.batch_size,
-                                                seed=seed, split=env.split)
+        episodes, demonstrations = self.play(env, seed, cfg.group_size), self.demonstrate(env, seed)
         answer_rewards = demonstrations.returns.view(-1)
         stats = {**episodes.stats, "reward/reference_mean": answer_rewards.mean().item()}
-        return Batch(cfg.batch_size, stats, samples=episodes.batch, answers=demonstrations.batch,
+        return Batch(len(answer_rewards), stats, samples=episodes.batch, answers=demonstrations.batch,
                      rewards=episodes.returns, answer_rewards=answer_rewards)
 
     def loss(self, batch: Batch, totals: StepTotals):

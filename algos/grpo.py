@@ -11,7 +11,7 @@ episodes (``algos.multiturn``); each episode's return is its reward, and its who
 the "completion", with the loss mask on the sampled tokens only. ``max_new_tokens`` is then per turn
 (``dr_grpo`` still divides by it, a constant). ``credit="per_turn"`` gives each turn's tokens the
 group-relative advantage of that turn's discounted return-to-go instead (``losses.turn_advantages``,
-discount ``turn_gamma``). One process only, so far.
+discount ``turn_gamma``). On several processes each plays its share of the groups (``Agent.play``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, ConfigError, StepTotals, register
-from algos.multiturn import collect_episodes, copies, multiturn_env
+from algos.multiturn import multiturn_env
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
 
@@ -72,18 +72,16 @@ class GRPO(Agent):
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        episodes = collect_episodes(
-            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
-            group_size=cfg.group_size, seed=int(rng.integers(2**31)),
-            split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        episodes = self.play(env, int(rng.integers(2**31)), cfg.group_size)
         if cfg.credit == "outcome":
-            advantages = losses.group_advantages(episodes.returns, scale=cfg.scale_rewards).flatten()
+            advantages = self.engine.over_batch(partial(losses.group_advantages, scale=cfg.scale_rewards),
+                                                episodes.returns).flatten()
         else:
-            per_turn = losses.turn_advantages(episodes.turn_rewards, episodes.turn_mask, cfg.group_size,
-                                              cfg.turn_gamma, cfg.scale_rewards)
+            per_turn = self.engine.over_batch(
+                partial(losses.turn_advantages, group_size=cfg.group_size, gamma=cfg.turn_gamma,
+                        scale=cfg.scale_rewards), episodes.turn_rewards, episodes.turn_mask)
             advantages = losses.per_turn_to_tokens(per_turn, episodes.turn_index)  # [M, T]: each token its turn's
-        return self._batch(cfg.batch_size, episodes.stats, episodes.batch, advantages)
+        return self._batch(len(episodes.returns), episodes.stats, episodes.batch, advantages)
 
     def _batch(self, groups: int, stats: dict[str, float], samples, advantages) -> Batch:
         cfg, temperature = self.config, self.config.temperature  # score as the samples were drawn

@@ -42,6 +42,7 @@ truncated (``context_full``), with the rewards it got so far.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,7 @@ import numpy as np
 import torch
 
 from algos.policy import ContextLengthError, EncodedBatch, Policy
+from algos.rollout import chunk_seed
 from textenv.multiturn import MultiTurnEnv, make_group, render_conversation
 
 Message = dict[str, Any]
@@ -212,32 +214,55 @@ def collect_episodes(policy: Policy, env: str | Sequence[MultiTurnEnv], *, group
                      num_prompts: int = 1, split: str = "train", indices: Sequence[int] | None = None,
                      max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
                      repetition_penalty: float = 1.0, greedy: bool = False, max_turns: int | None = None,
-                     check_drift: bool = False) -> Episodes:
+                     check_drift: bool = False, first_group: int = 0, chunk: int | None = None,
+                     lock_step: Callable[[bool], bool] | None = None) -> Episodes:
     """Play ``num_prompts`` groups of ``group_size`` episodes and return them as :class:`Episodes`.
 
     ``env`` is a multi-turn env id (``num_prompts`` groups are made with ``textenv.make_group``) or a
     flat list of ``num_prompts * group_size`` envs, group-major. Group ``b`` is reset with
-    ``episode_seed(seed, b)`` (on row ``indices[b]`` of ``split`` when given); turn ``k`` samples with
-    ``turn_seed(seed, k)``, ``max_new_tokens`` per turn. The same arguments give the same episodes.
+    ``episode_seed(seed, first_group + b)`` (on row ``indices[b]`` of ``split`` when given); groups are
+    played ``chunk`` at a time (all at once when None), and turn ``k`` of the chunk that starts at group
+    ``g`` samples all its live episodes in one ``generate`` call seeded ``turn_seed(chunk_seed(seed,
+    first_group + g), k)``, ``max_new_tokens`` per turn. So the same arguments give the same episodes,
+    and a process that plays a share of a step's groups (``first_group`` its offset) plays them as one
+    process playing the whole step would, when ``chunk`` divides the share. ``lock_step`` (an engine's
+    ``any``, for a sharded model) is asked each turn whether any process still has a live episode: every
+    process then runs every turn's ``generate``, as a sharded model's forward passes need.
     """
     envs = _envs(env, group_size, num_prompts, split, indices, max_turns)
+    chunk = chunk or num_prompts
+    trajectories, drifts = [], []
+    for start in range(0, num_prompts, chunk):
+        stop = min(start + chunk, num_prompts)
+        sampling_seed = chunk_seed(seed, first_group + start)
 
-    def sample(live: list[int], trajectories: list[Trajectory], turn: int) -> list[tuple[list[int], str, bool]]:
-        out = policy.generate([t.all_ids for t in trajectories], temperature=temperature, top_p=top_p, top_k=top_k,
-                              repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, greedy=greedy,
-                              seed=turn_seed(seed, turn))
-        return [(out.completion_ids[row][out.completion_mask[row].bool()].tolist(), out.texts[row],
-                 bool(out.truncated[row])) for row in range(len(trajectories))]
+        def sample(live: list[int], trajectories: list[Trajectory], turn: int, sampling_seed: int = sampling_seed
+                   ) -> list[tuple[list[int], str, bool]]:
+            out = policy.generate([t.all_ids for t in trajectories], temperature=temperature, top_p=top_p,
+                                  top_k=top_k, repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
+                                  greedy=greedy, seed=turn_seed(sampling_seed, turn))
+            return [(out.completion_ids[row][out.completion_mask[row].bool()].tolist(), out.texts[row],
+                     bool(out.truncated[row])) for row in range(len(trajectories))]
 
-    return _play(policy, envs, group_size, seed, split, indices, sample, max_new_tokens, check_drift)
+        played = _play(policy, envs[start * group_size:stop * group_size], group_size, seed, split,
+                       None if indices is None else indices[start:stop], sample, max_new_tokens, first_group + start,
+                       lock_step)
+        for t in played:
+            t.group += start  # the group within this call's batch
+        trajectories += played
+        if check_drift:
+            drifts += [drift(t, policy.tokenizer, tools=list(envs[0].tools or [])) for t in played]
+    return as_episodes(policy, trajectories, group_size, drifts if check_drift else None)
 
 
 def collect_demonstrations(policy: Policy, env: str | Sequence[MultiTurnEnv], *, seed: int, num_prompts: int = 1,
                            split: str = "train", indices: Sequence[int] | None = None,
-                           max_turns: int | None = None, check_drift: bool = False) -> Episodes:
-    """The task's oracle playing the episodes that ``collect_episodes`` with the same ``seed``, ``split`` and
-    ``indices`` plays (one per group: the same rows and states): the demonstration trajectories that SFT and
-    GRAO's imitation term take as the reference answer y, and DPO as the preferred trajectory.
+                           max_turns: int | None = None, check_drift: bool = False, first_group: int = 0
+                           ) -> Episodes:
+    """The task's oracle playing the episodes that ``collect_episodes`` with the same ``seed``, ``split``,
+    ``indices`` and ``first_group`` plays (one per group: the same rows and states): the demonstration
+    trajectories that SFT and GRAO's imitation term take as the reference answer y, and DPO as the preferred
+    trajectory.
 
     Each oracle message is tokenised as the model would have sampled it: its text's ids, then the tokenizer's
     EOS (the ids a model that wrote this message and stopped would have produced); the environment's tokens
@@ -253,7 +278,9 @@ def collect_demonstrations(policy: Policy, env: str | Sequence[MultiTurnEnv], *,
         moves = [envs[k].oracle() for k in live]
         return [(renderer.encode(text) + [eos], text, False) for text in moves]
 
-    demonstrations = _play(policy, envs, 1, seed, split, indices, oracle, 0, check_drift)
+    played = _play(policy, envs, 1, seed, split, indices, oracle, 0, first_group)
+    drifts = [drift(t, policy.tokenizer, tools=list(envs[0].tools or [])) for t in played] if check_drift else None
+    demonstrations = as_episodes(policy, played, 1, drifts)
     limit = policy.context_length
     for b, t in enumerate(demonstrations.trajectories):
         if limit is not None and len(t.all_ids) > limit:
@@ -290,16 +317,20 @@ Actor = Callable[[list[int], list[Trajectory], int], list[tuple[list[int], str, 
 
 
 def _play(policy: Policy, envs: list[MultiTurnEnv], group_size: int, seed: int, split: str,
-          indices: Sequence[int] | None, act: Actor, max_new_tokens: int, check_drift: bool) -> Episodes:
-    """Reset ``envs`` (group ``b`` with ``episode_seed(seed, b)``), then turn by turn ask ``act`` for the next
-    message of every live episode (its ids, text, and whether it hit the length cap) and step the envs."""
+          indices: Sequence[int] | None, act: Actor, max_new_tokens: int, first_group: int = 0,
+          lock_step: Callable[[bool], bool] | None = None) -> list[Trajectory]:
+    """Reset ``envs`` (group ``b`` with ``episode_seed(seed, first_group + b)``), then turn by turn ask ``act``
+    for the next message of every live episode (its ids, text, and whether it hit the length cap) and step
+    the envs. With ``lock_step``, a turn with no live episode here still runs while another process has one:
+    ``act`` then continues the first episode's prompt, and what it writes is dropped."""
     renderer = Renderer(policy.tokenizer, envs[0].tools)
     eos_ids = policy.eos_token_ids
     trajectories = []
     for k, e in enumerate(envs):
-        b = k // group_size
-        options: dict[str, Any] = {"split": split} if indices is None else {"split": split, "index": int(indices[b])}
-        _, info = e.reset(seed=episode_seed(seed, b), options=options)
+        b = k // group_size  # the group within this call; first_group + b within the step
+        options: dict[str, Any] = ({"split": split} if indices is None
+                                   else {"split": split, "index": int(indices[b])})
+        _, info = e.reset(seed=episode_seed(seed, first_group + b), options=options)
         trajectories.append(Trajectory(b, renderer.prompt_ids(info["messages"]), messages=info["messages"],
                                        stats=info["episode_stats"]))
     limit = policy.context_length
@@ -309,6 +340,10 @@ def _play(policy: Policy, envs: list[MultiTurnEnv], group_size: int, seed: int, 
             if not t.done and limit is not None and len(t.all_ids) + max_new_tokens > limit:
                 t.truncated = t.context_full = True
         live = [k for k, t in enumerate(trajectories) if not t.done]
+        if lock_step is not None and lock_step(bool(live)) and not live:  # every process asks once a turn
+            act([0], [dataclasses.replace(trajectories[0], ids=[])], turn)  # keeps another process's company
+            turn += 1
+            continue
         if not live:
             break
         for k, (sampled, text, cut) in zip(live, act(live, [trajectories[k] for k in live], turn), strict=True):
@@ -327,8 +362,7 @@ def _play(policy: Policy, envs: list[MultiTurnEnv], group_size: int, seed: int, 
             t.messages, t.stats = info["messages"], info["episode_stats"]
             t.terminated, t.truncated = bool(terminated), bool(truncated)
         turn += 1
-    drifts = [drift(t, policy.tokenizer, tools=renderer.tools) for t in trajectories] if check_drift else None
-    return as_episodes(policy, trajectories, group_size, drifts)
+    return trajectories
 
 
 def multiturn_env(env: Any) -> MultiTurnEnv | None:

@@ -15,7 +15,7 @@ model's sampled tokens (the loss mask) are actions. They alone get the KL penalt
 (the final reward included in the last turn's) goes on that turn's last sampled token, and GAE runs
 over the model's tokens packed together (``losses.packed_gae``), so a turn bootstraps from the value
 after the env's reply and ``gamma``/``lam`` count model tokens, as in single-turn PPO. Whitening and
-both losses span the loss mask. One process only, so far.
+both losses span the loss mask (of every process's episodes, on several: ``Agent.play``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 
 from algos import fields, losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_episodes, copies, multiturn_env
+from algos.multiturn import multiturn_env
 from algos.policy import EncodedBatch
 from algos.rollout import collect
 from textenv.multiturn import MultiTurnEnv
@@ -113,18 +113,19 @@ class PPO(Agent):
 
     def _episodes_batch(self, env: MultiTurnEnv, rng: np.random.Generator) -> Batch:
         cfg = self.config
-        episodes = collect_episodes(
-            self.policy, copies(env, cfg.batch_size * cfg.group_size), num_prompts=cfg.batch_size,
-            group_size=cfg.group_size, seed=int(rng.integers(2**31)),
-            split=env.split, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-            top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty)
+        episodes = self.play(env, int(rng.integers(2**31)), cfg.group_size)
         samples, mask = episodes.batch, episodes.batch.completion_mask  # mask: the model's tokens only
         old_logps, old_values, ref_logps = self._score(samples)  # attending to the env's tokens too
-        token_rewards, kl = losses.ppo_turn_token_rewards(
-            episodes.turn_rewards, episodes.turn_mask, episodes.turn_index, old_logps, ref_logps, mask,
-            kl_coef=self.kl_coef, kl_kind=cfg.kl_kind, whiten=cfg.whiten_rewards)
+
+        def token_rewards_of(logps, ref_logps, mask, turn_index, turn_rewards, turn_mask):  # [M, T] inputs first
+            return losses.ppo_turn_token_rewards(turn_rewards, turn_mask, turn_index, logps, ref_logps, mask,
+                                                 kl_coef=self.kl_coef, kl_kind=cfg.kl_kind, whiten=cfg.whiten_rewards)
+
+        # Whitening spans the step's whole batch (over_batch pads other ranks' rows with zeros: masked out).
+        token_rewards, kl = self.engine.over_batch(token_rewards_of, old_logps, ref_logps, mask, episodes.turn_index,
+                                                   episodes.turn_rewards, episodes.turn_mask)
         advantages, returns = losses.packed_gae(token_rewards, old_values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        return self._batch(cfg.batch_size, episodes.stats, episodes.returns, samples, old_logps, old_values,
+        return self._batch(len(episodes.returns), episodes.stats, episodes.returns, samples, old_logps, old_values,
                            advantages, returns, kl)
 
     def _score(self, samples: EncodedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

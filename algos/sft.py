@@ -13,7 +13,7 @@ import numpy as np
 
 from algos import losses
 from algos.agent import Agent, AgentConfig, Batch, StepTotals, register
-from algos.multiturn import collect_demonstrations, copies, multiturn_env
+from algos.multiturn import multiturn_env
 from algos.rollout import encode_references
 
 
@@ -30,12 +30,10 @@ class SFT(Agent):
 
     def make_batch(self, env, rng: np.random.Generator) -> Batch:
         if (episodes_env := multiturn_env(env)) is not None:
-            n = self.config.batch_size
-            demonstrations = collect_demonstrations(self.policy, copies(episodes_env, n), num_prompts=n,
-                                                    split=episodes_env.split, seed=int(rng.integers(2**31)))
+            demonstrations = self.demonstrate(episodes_env, int(rng.integers(2**31)))
             stats = {"demonstrations/return": demonstrations.stats["reward/mean"],  # the oracle's, not the model's
                      "demonstrations/turns": demonstrations.stats["episodes/turns"]}
-            return Batch(n, stats, answers=demonstrations.batch)
+            return Batch(len(demonstrations.trajectories), stats, answers=demonstrations.batch)
         examples = env.sample(self.config.batch_size, rng, "train", require="reference")
         return Batch(len(examples), answers=encode_references(self.policy, env, examples))
 

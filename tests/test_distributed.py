@@ -40,6 +40,14 @@ CASES = {
     "grao": ("grao", ONLINE),
     "ppo": ("ppo", {**ONLINE, "whiten_rewards": True, "target_kl": 0.01, "kl_horizon": 10, "num_minibatches": 1}),
 }
+# The same algorithms on a multi-turn env (ByteTurns): each process plays its share of the step's episode groups.
+MULTITURN_CASES = {
+    "sft_multiturn": ("sft", {"generation_chunk": 2}),
+    "dpo_multiturn": ("dpo", {"generation_chunk": 2}),
+    "grpo_multiturn": ("grpo", {**ONLINE, "scale_rewards": "batch", "credit": "per_turn", "turn_gamma": 0.9}),
+    "grao_multiturn": ("grao", ONLINE),
+    "ppo_multiturn": ("ppo", {**ONLINE, "whiten_rewards": True, "num_minibatches": 1}),
+}
 STEPS = 2
 # Measured here (torch 2.13 CPU, gloo, 1 thread per process): two processes against one after 2 steps at
 # lr 1e-4, the largest difference over all weights of all cases: DDP 6e-8, FSDP2 2.8e-7 (GRPO: micro-batch
@@ -61,8 +69,32 @@ def varied_env() -> textenv.TextGenEnv:
     return textenv.TextGenEnv(textenv.Task("Varied-v0", splits=task.splits, reward=byte_sum))
 
 
+class ByteTurns(textenv.MultiTurnTask):
+    """A multi-turn task whose rewards vary between random texts: each turn pays (byte sum % 7) / 6, and an
+    episode ends at a message whose byte sum is a multiple of 3 (else after 3 turns), so episodes of one
+    step, and the two processes' shares, end at different turns. The oracle says "7"."""
+
+    name = "ByteTurns-v0"
+    splits = {"train": list(range(8)), "eval": [0, 1]}
+    max_turns = 3
+
+    def reset(self, row, rng):
+        return [{"role": "user", "content": f"{row}+{row}="}], row
+
+    def respond(self, state, message):
+        total = sum(map(ord, message["content"]))
+        return textenv.Reply([{"role": "user", "content": "more"}], reward=(total % 7) / 6, done=total % 3 == 0)
+
+    def oracle(self, state):
+        return "7"
+
+
+def env_of(case: str):
+    return textenv.MultiTurnEnv(ByteTurns()) if case in MULTITURN_CASES else varied_env()
+
+
 def make_case(case: str, model_dir: Path, engine: engines.Engine | None = None) -> algos.Agent:
-    name, config = CASES[case]
+    name, config = {**CASES, **MULTITURN_CASES}[case]
     torch.manual_seed(0)  # LoRA initialises its A matrices from the global generator
     policy = algos.Policy.from_pretrained(model_dir, lora=LORA if case.endswith("_lora") else None)
     return algos.make(name, policy, engine, **COMMON, **config)
@@ -190,9 +222,9 @@ def launched(request, model_dir, tmp_path_factory) -> tuple[str, Path]:
 def one_process(model_dir) -> dict[str, algos.Agent]:
     """Each case trained on this one process with the same global batch."""
     agents = {}
-    for case in CASES:
+    for case in [*CASES, *MULTITURN_CASES]:
         agents[case] = make_case(case, model_dir)
-        agents[case].learn(varied_env(), STEPS, progress=False)
+        agents[case].learn(env_of(case), STEPS, progress=False)
     return agents
 
 
@@ -206,11 +238,13 @@ def test_two_processes_train_every_algorithm_as_one_process_does(launched, one_p
             assert torch.allclose(two[key], value, rtol=0, atol=TOLERANCE[engine]), \
                 f"{engine}/{case}: {key} differs from one process by {(two[key] - value).abs().max():.3g}"
         start = full_weights(make_case(case, one_process_model_dir(one)))
+        if "episodes/turns" in one.history[0]:  # sampled episodes: some ended before the last turn
+            assert 1 < one.history[0]["episodes/turns"] < 3, case
         assert any(not torch.equal(want[key], start[key]) for key in want), f"{case}: nothing trained"
         histories = [json.loads((out / f"{case}-rank{r}.json").read_text())["history"] for r in (0, 1)]
         for got, expected in zip(histories[0], one.history, strict=True):
             assert got.keys() == expected.keys()
-            for key in ("loss", "grad_norm", "tokens/trained", "reward/mean", "kl_coef", "nll"):
+            for key in ("loss", "grad_norm", "tokens/trained", "reward/mean", "kl_coef", "nll", "episodes/turns"):
                 if key in expected:
                     assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-6), f"{engine}/{case}: {key}"
         assert untimed(histories[0]) == untimed(histories[1]), f"{engine}/{case}: ranks logged different records"
@@ -363,6 +397,13 @@ def _worker(engine_name: str, out: Path, model_dir: Path) -> None:
                                                                  "shards": shard_sizes(agent)}))
         if case == "dpo_lora":
             agent.save_merged(out / "merged")
+    for case in MULTITURN_CASES:  # trained only (checkpoints are the same machinery as above)
+        agent = make_case(case, model_dir, engines.make_engine(engine_name))
+        agent.learn(env_of(case), STEPS, progress=False)
+        weights = full_weights(agent)
+        if rank == 0:
+            save_file(weights, out / f"{case}.safetensors")
+        (out / f"{case}-rank{rank}.json").write_text(json.dumps({"history": agent.history}))
     from torch.distributed.tensor import DTensor
 
     gate, policy = Gate(), algos.Policy.from_pretrained(model_dir)

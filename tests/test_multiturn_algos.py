@@ -190,13 +190,29 @@ def test_grpo_per_turn_credit(chat_dir):
     assert torch.isfinite(loss)
 
 
-@pytest.mark.parametrize("algo", ["sft", "dpo", "grpo", "grao"])
-def test_several_processes_are_refused_by_name(chat_dir, algo):
+def test_rank_1_of_2_plays_and_demonstrates_the_second_half_of_the_step_one_process_plays(chat_dir):
+    """Agent.play / Agent.demonstrate on rank 1 of 2 (shares only, no collective): the last half of the step's
+    groups, reset and sampled as the one-process run with generation_chunk = the share plays them."""
     from algos.engine import Engine
 
-    settings = {"group_size": 2} if algo in ("grpo", "grao") else {}
-    agent = algos.make(algo, Policy.from_pretrained(chat_dir), batch_size=2, max_new_tokens=4,
-                       engine=Engine(rank=0, world_size=2), **settings)
-    with pytest.raises(NotImplementedError, match=rf"{algo.upper()} on a multi-turn env \(GuessNumber-v0\) runs in "
-                                                  r"one process so far, not 2"):
-        agent.update(textenv.make(GUESS, max_turns=2), np.random.default_rng(0))
+    env = textenv.make(GUESS, max_turns=3)
+    settings = {"batch_size": 4, "group_size": 2, "max_new_tokens": 4, "generation_chunk": 2}
+    one = algos.make("grpo", Policy.from_pretrained(chat_dir), **settings)
+    rank1 = algos.make("grpo", Policy.from_pretrained(chat_dir), **settings, engine=Engine(rank=1, world_size=2))
+    whole, half = one.play(env, 7, group_size=2), rank1.play(env, 7, group_size=2)
+    assert len(whole.trajectories) == 8 and len(half.trajectories) == 4
+    assert [t.all_ids for t in half.trajectories] == [t.all_ids for t in whole.trajectories[4:]]
+    assert [t.mask for t in half.trajectories] == [t.mask for t in whole.trajectories[4:]]
+    assert [t.group for t in half.trajectories] == [0, 0, 1, 1]  # groups numbered within this rank's batch
+    assert [t.all_ids for t in whole.trajectories[:4]] != [t.all_ids for t in whole.trajectories[4:]]
+    torch.testing.assert_close(half.returns, whole.returns[2:])
+    shown, shown_half = one.demonstrate(env, 7), rank1.demonstrate(env, 7)
+    assert [t.messages for t in shown_half.trajectories] == [t.messages for t in shown.trajectories[2:]]
+    assert shown.trajectories[2].messages[0] == whole.trajectories[4].messages[0]  # the same episode as sampled
+    # the whole step in one call plays other samples (one generate per turn), the same rows and states
+    unchunked = algos.make("grpo", Policy.from_pretrained(chat_dir), **{**settings, "generation_chunk": None})
+    other = unchunked.play(env, 7, group_size=2)
+    assert [t.messages[0] for t in other.trajectories] == [t.messages[0] for t in whole.trajectories]
+    with pytest.raises(ValueError, match=r"3 prompt groups of a step cannot be split evenly over 2 processes"):
+        algos.make("grpo", Policy.from_pretrained(chat_dir), **{**settings, "batch_size": 3},
+                   engine=Engine(rank=1, world_size=2)).play(env, 7, group_size=2)

@@ -14,7 +14,6 @@ import torch
 import algos
 import textenv
 from algos import losses as L
-from algos.engine import Engine
 from algos.multiturn import collect_episodes
 from algos.policy import Policy
 from algos.tiny_chat import build_tiny_chat_model
@@ -231,8 +230,3 @@ def test_one_ppo_update_on_guess_number_reports_episode_stats_and_trains(chat_di
     assert any(not torch.equal(a, p) for a, p in zip(before, agent.policy.model.parameters(), strict=True))
 
 
-def test_several_processes_are_refused_by_name(chat_dir):
-    agent = algos.make("ppo", Policy.from_pretrained(chat_dir), **SMALL, engine=Engine(rank=0, world_size=2))
-    with pytest.raises(NotImplementedError, match=r"PPO on a multi-turn env \(GuessNumber-v0\) runs in one process "
-                                                  r"so far, not 2"):
-        agent.update(textenv.make(GUESS, max_turns=2), np.random.default_rng(0))

@@ -315,3 +315,29 @@ def test_one_grpo_step_on_a_multi_turn_env(chat_dir):
     record = algos.make("grpo", Policy.from_pretrained(chat_dir), batch_size=2, group_size=2, max_new_tokens=4) \
         .update(env, np.random.default_rng(0))
     assert np.isfinite(record["loss"]) and "episodes/success_rate" in record
+
+
+def test_lock_step_runs_a_turn_for_another_process_and_keeps_only_this_ones_episodes(chat_dir):
+    """Under a sharded model every process must run every turn's generate. This process's episodes end after
+    one turn (max_turns=1) while, says ``lock_step``, another process plays two more: two more generate calls
+    of a stand-in run here, and the episodes are exactly those played without lock-step."""
+    policy = Policy.from_pretrained(chat_dir)
+    asked, calls = [], []
+    generate = policy.generate
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[0]))
+        return generate(*args, **kwargs)
+
+    def lock_step(live_here: bool) -> bool:
+        asked.append(live_here)
+        return live_here or len(asked) <= 3  # the other process is live for three turns
+
+    settings = {"num_prompts": 2, "group_size": 2, "seed": 3, "max_new_tokens": 4, "max_turns": 1}
+    alone = collect_episodes(policy, GUESS, **settings)
+    policy.generate = counted
+    in_step = collect_episodes(policy, GUESS, **settings, lock_step=lock_step)
+    assert asked == [True, False, False, False] and calls == [4, 1, 1]
+    assert [t.all_ids for t in in_step.trajectories] == [t.all_ids for t in alone.trajectories]
+    assert [t.mask for t in in_step.trajectories] == [t.mask for t in alone.trajectories]
+    assert all(t.num_turns == 1 for t in in_step.trajectories)
