@@ -28,6 +28,7 @@ import textenv
 from algos import engine as engines
 from algos.agent import AlgorithmNotFound, ConfigError, get_algorithm, list_algorithms, make
 from algos.errors import OutputError, check_output_folder, cleanup, error_text
+from algos.multiturn import multiturn_env
 from algos.policy import CheckpointError, ContextLengthError, Policy
 from algos.tiny import pretrain_tiny
 
@@ -90,7 +91,9 @@ def load_policy(model: str, env: Any, engine: engines.Engine, device: str | Any,
     if model != "tiny":
         return Policy.from_pretrained(model, device=device, **options)
     with engine.main_first():  # rank 0 pretrains (or finds the cache); the others then read it
-        path = pretrain_tiny(textenv.batched(env).task, progress=engine.is_main)
+        episodes = multiturn_env(env)  # a multi-turn env's task, else the one-turn env's
+        path = pretrain_tiny(episodes.task if episodes is not None else textenv.batched(env).task,
+                             progress=engine.is_main)
     return Policy.from_pretrained(path, device=device, **options)
 
 

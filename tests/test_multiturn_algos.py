@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,16 @@ def test_rank_1_of_2_plays_and_demonstrates_the_second_half_of_the_step_one_proc
     with pytest.raises(ValueError, match=r"3 prompt groups of a step cannot be split evenly over 2 processes"):
         algos.make("grpo", Policy.from_pretrained(chat_dir), **{**settings, "batch_size": 3},
                    engine=Engine(rank=1, world_size=2)).play(env, 7, group_size=2)
+
+
+def test_the_training_command_trains_on_a_multi_turn_env_from_its_tiny_base(tmp_path, capsys):
+    """``python -m algos.train`` with a multi-turn env id: the task's shipped tiny base, episodes, a saved agent."""
+    from algos.train import main
+
+    out = tmp_path / "run"
+    main(["sft", "--env", GUESS, "--steps", "2", "--quiet", "--out", str(out), "--eval-every", "2",
+          "--eval-prompts", "4", "--set", "batch_size=2", "--set", "max_new_tokens=4"])
+    assert "sft: step 2 on 1 process(es)" in capsys.readouterr().out
+    assert algos.Agent.load(out / "final").step == 2
+    last = json.loads((out / "history.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 2 and last["demonstrations/turns"] > 1 and 0.0 <= last["eval/success_rate"] <= 1.0
