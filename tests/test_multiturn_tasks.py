@@ -187,6 +187,19 @@ def test_key_value_splits_are_deterministic_and_chains_are_unique():
         textenv.make_task("textenv/KeyValue-v0", min_hops=3, max_hops=2)
 
 
+def test_key_value_keys_have_the_syllables_asked_for():
+    two, one = (textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5, syllables=n) for n in (2, 1))
+    keys = {n: [k for row in task.split("train") for k in row["store"]] for n, task in ((2, two), (1, one))}
+    assert {len(k) for k in keys[2]} == {4} and {len(k) for k in keys[1]} == {2}  # consonant + vowel each
+    assert all(k[0] in "bdfgklmnprstvz" and k[1] in "aeiou" for k in keys[1])
+    assert two.splits == textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5).splits  # 2 is the default
+    for bad in (0, 1.5, True):
+        with pytest.raises(TaskError, match=r"syllables \(per key\) must be an integer >= 1"):
+            textenv.make_task("textenv/KeyValue-v0", syllables=bad)
+    with pytest.raises(TaskError, match=r"70 keys of 1 syllable\(s\) cannot name 20 chains of up to 4 keys"):
+        textenv.make_task("textenv/KeyValue-v0", syllables=1, n_chains=20)
+
+
 # ---- Nim ------------------------------------------------------------------------------------------------
 
 def random_move(state, rng):
