@@ -62,7 +62,7 @@ class KeyValuePlayer(Policy):
 
 def move(conversation: str) -> str:
     """KeyValuePlayer's next message for a conversation (see the class)."""
-    start = re.search(r"Start at the key '(\w+)'", conversation).group(1)
+    start = re.search(r"Start at the key: (\w+)", conversation).group(1)
     results = re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", conversation, flags=re.S)
     if not results and start < "m":
         return textenv.format_tool_call("get", {"key": "nosuchkey"})

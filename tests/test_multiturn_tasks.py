@@ -191,13 +191,27 @@ def test_key_value_keys_have_the_syllables_asked_for():
     two, one = (textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5, syllables=n) for n in (2, 1))
     keys = {n: [k for row in task.split("train") for k in row["store"]] for n, task in ((2, two), (1, one))}
     assert {len(k) for k in keys[2]} == {4} and {len(k) for k in keys[1]} == {2}  # consonant + vowel each
-    assert all(k[0] in "bdfgklmnprstvz" and k[1] in "aeiou" for k in keys[1])
+    assert all(k[0] in "BDFGKLMNPRSTVZ" and k[1] in "AEIOU" for k in keys[1])
     assert two.splits == textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5).splits  # 2 is the default
     for bad in (0, 1.5, True):
         with pytest.raises(TaskError, match=r"syllables \(per key\) must be an integer >= 1"):
             textenv.make_task("textenv/KeyValue-v0", syllables=bad)
     with pytest.raises(TaskError, match=r"70 keys of 1 syllable\(s\) cannot name 20 chains of up to 4 keys"):
         textenv.make_task("textenv/KeyValue-v0", syllables=1, n_chains=20)
+
+
+def test_key_value_numbers_have_the_digits_asked_for():
+    def values(task):
+        return [v for row in task.split("train") for v in row["store"].values() if isinstance(v, int)]
+
+    four = values(textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5))
+    one = values(textenv.make_task("textenv/KeyValue-v0", n_train=30, n_eval=5, value_digits=1, n_chains=9))
+    assert all(1000 <= v <= 9999 for v in four) and sorted(set(one)) == list(range(1, 10))
+    for bad in (0, 2.0, True):
+        with pytest.raises(TaskError, match=r"value_digits must be an integer >= 1"):
+            textenv.make_task("textenv/KeyValue-v0", value_digits=bad)
+    with pytest.raises(TaskError, match=r"9 one-digit values cannot end 10 chains"):
+        textenv.make_task("textenv/KeyValue-v0", value_digits=1, n_chains=10, syllables=1, max_hops=2)
 
 
 # ---- Nim ------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ class ScriptedGenerate:
     def next_message(self, text: str, rollout: int) -> str:
         results = RESPONSE.findall(text)
         if not results:
-            key = "nope" if rollout == 1 else re.search(r"Start at the key '(\w+)'", text).group(1)
+            key = "nope" if rollout == 1 else re.search(r"Start at the key: (\w+)", text).group(1)
             return format_tool_call("get", {"key": key})
         if "error" in results[-1]:
             return format_tool_call("submit", {"value": 0})
