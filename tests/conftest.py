@@ -27,9 +27,10 @@ SLOW_FILES = ("test_smollm2.py", "test_distributed.py", "test_bench_executors.py
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """The learning tests first: their two files (test_learning, test_learning_multiturn) are the slowest, so
-    under the README's ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` the two workers start with one
-    each; then ``SLOW_FILES``, then the rest in its order (the sort is stable)."""
+    """The learning tests first: their three files (test_learning, test_learning_multiturn, test_learning_tools)
+    are the slowest, so under the README's ``pytest -n 2 --dist loadfile --no-loadscope-reorder`` the two
+    workers start with one each and the first free takes the third; then ``SLOW_FILES``, then the rest in its
+    order (the sort is stable)."""
     def rank(item) -> int:
         name = item.path.name
         if name.startswith("test_learning"):

@@ -48,7 +48,7 @@ def mean(values):
 # ------------------------------------------------------------------------------------ evaluation
 class KeyValuePlayer(Policy):
     """The tiny chat model, but ``generate`` plays KeyValue from the conversation's text: it follows the
-    keys the tool returns and submits the number, except that on a start key before "m" it first asks
+    keys the tool returns and submits the number, except that on a start key before "M" it first asks
     for a key that is not in the store (a tool error, an invalid action). With few turns, the long chains
     then run out of turns: episodes differ in success, turns, invalid actions and tool errors."""
 
@@ -64,7 +64,7 @@ def move(conversation: str) -> str:
     """KeyValuePlayer's next message for a conversation (see the class)."""
     start = re.search(r"Start at the key: (\w+)", conversation).group(1)
     results = re.findall(r"<\|im_start\|>tool\n(.*?)<\|im_end\|>", conversation, flags=re.S)
-    if not results and start < "m":
+    if not results and start < "M":
         return textenv.format_tool_call("get", {"key": "nosuchkey"})
     last = next((r for r in reversed(results) if not r.startswith("Error")), start)
     if last.isdigit():
