@@ -8,6 +8,7 @@ tests at 2 threads from base seed 1 and a margin tuned to one draw fails.
 
 import os
 
+import numpy as np
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -43,6 +44,14 @@ def pytest_collection_modifyitems(session, config, items) -> None:
 def pytest_report_header(config) -> str:
     return (f"grao-lab: torch threads {THREADS}, tiny base-model seed {BASE_SEED} "
             "(GRAO_TEST_THREADS, GRAO_TEST_BASE_SEED)")
+
+
+def mean_success(policy: Policy, env, seeds, **settings) -> float:
+    """A multi-turn env's success rate averaged over ``evaluate_episodes`` with each of the episode ``seeds``
+    (temperature 0.7 unless ``settings`` say otherwise): what the multi-turn learning tests compare."""
+    from algos.multiturn_eval import evaluate_episodes
+
+    return float(np.mean([evaluate_episodes(policy, env, seed=s, **settings)[0]["success_rate"] for s in seeds]))
 
 
 def random_policy(arch: str = "llama", seed: int = 0) -> Policy:

@@ -15,11 +15,11 @@ erratic at 6e-4 in 20 steps (-0.129 / +0.022).
 import numpy as np
 import pytest
 import torch
+from conftest import mean_success
 
 import algos
 import textenv
 from algos import Policy
-from algos.multiturn_eval import evaluate_episodes
 from algos.tiny import GUESS_NUMBER_SMALL, pretrain_tiny
 
 SEEDS = (0, 1)
@@ -38,8 +38,7 @@ def base_path(env):
 
 def success_rate(policy: Policy, env) -> float:
     """Mean success over the eval rows x ``EVAL_SEEDS``, 4 tokens a turn at temperature 0.7."""
-    return float(np.mean([evaluate_episodes(policy, env, max_new_tokens=4, seed=s)[0]["success_rate"]
-                          for s in EVAL_SEEDS]))
+    return mean_success(policy, env, EVAL_SEEDS, max_new_tokens=4)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ four training seeds measured (beside the settings); it prints what it observed (
 from ``test_learning_multiturn.py`` so that the two run on different workers.
 """
 
-import numpy as np
 import pytest
 import torch
+from conftest import mean_success
 
 import algos
 import textenv
 from algos import Policy
-from algos.multiturn_eval import evaluate_episodes
 from algos.tiny import KEY_VALUE_SMALL, pretrain_tiny
 
 KV_EVAL_ROWS, KV_EVAL_SEEDS, KV_TOKENS = 64, range(100, 104), 80  # a call is ~65 bytes, EOS included
@@ -33,8 +32,7 @@ def kv_base_path(kv_env):
 
 def kv_success_rate(policy: Policy, env) -> float:
     """Mean success over the first 64 eval rows x 4 episode seeds, 80 tokens a turn at temperature 0.7."""
-    return float(np.mean([evaluate_episodes(policy, env, num_prompts=KV_EVAL_ROWS, max_new_tokens=KV_TOKENS,
-                                            seed=s)[0]["success_rate"] for s in KV_EVAL_SEEDS]))
+    return mean_success(policy, env, KV_EVAL_SEEDS, num_prompts=KV_EVAL_ROWS, max_new_tokens=KV_TOKENS)
 
 
 @pytest.fixture(scope="module")
