@@ -338,3 +338,13 @@ def test_a_malformed_multiturn_result_is_refused_naming_the_file_and_field(tmp_p
                                   "multiturn": True}))
     assert runner.read_base_eval(cached, "b", 8) is None and not cached.exists()
     assert "key 'examples': episode record 0: key 'success_rate' must be float" in capsys.readouterr().out
+
+
+def test_the_real_model_script_runs_end_to_end_on_the_tiny_chat_model(chat_dir, capsys):
+    """benchmarks.real_multiturn (SmolLM2 by hand) on the tiny chat model: SFT, both evals, the table."""
+    from benchmarks.real_multiturn import main
+
+    main(["--model", str(chat_dir), "--steps", "1", "--rows", "2", "--tasks", GUESS])
+    out = capsys.readouterr().out
+    assert "| textenv/GuessNumber-v0 | before |" in out and "| textenv/GuessNumber-v0 | after |" in out
+    assert "an episode after SFT" in out and "SFT on oracle trajectories (1 steps x 4" in out
